@@ -1,0 +1,31 @@
+"""Shared test helpers: tiny variants of every named config, and fixed threads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tilelli.config import ModelConfig, from_name, list_configs
+
+torch.set_num_threads(2)
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def tiny(name: str, **overrides) -> ModelConfig:
+    """A small-shape variant of a named config that keeps its architecture and options."""
+    shape = dict(d_model=32, n_layers=2, max_seq_len=256)
+    base = from_name(name)
+    if base.arch == "parent":
+        shape.update(d_head=8)
+    else:
+        shape.update(n_heads=4)
+    shape.update(overrides)
+    return base.replace(**shape)
+
+
+@pytest.fixture(params=list_configs())
+def config_name(request) -> str:
+    return request.param

@@ -1,0 +1,3 @@
+from tilelli.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""`tilelli` command line: one sub-command per pipeline stage.
+
+Each sub-command lives in its own module that exposes `add_arguments(parser)` and
+`run(args) -> int`. Modules are imported only when their command runs, so `tilelli --help`
+does not pay for importing torch. A `TilelliError` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("tilelli.commands.models", "list the named model configs and their parameter counts"),
+    "generate": ("tilelli.commands.generate", "generate text from a checkpoint, streaming to the terminal"),
+    "prepare": ("tilelli.commands.prepare", "pack raw text (txt, jsonl, TinyStories) into train.bin / valid.bin"),
+    "train": ("tilelli.commands.train", "train any named config (CPU, GPU, or several GPUs via torchrun)"),
+    "plot": ("tilelli.commands.plot", "overlay training curves of one or more runs into a PNG"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what was wrong) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _top_level_help() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: tilelli COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `tilelli COMMAND --help` for the options of one command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_level_help())
+        return 0
+    if argv[0] == "--version":
+        from tilelli import __version__
+        print(__version__)
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        print(f"tilelli: error: unknown command {name!r}; known: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = _Parser(prog=f"tilelli {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])  # argparse itself exits 2 on bad usage
+    from tilelli.errors import TilelliError
+    try:
+        return int(module.run(args) or 0)
+    except TilelliError as e:
+        print(f"tilelli {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tilelli {name}: interrupted", file=sys.stderr)
+        return 130

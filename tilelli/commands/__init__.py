@@ -1,0 +1,1 @@
+"""Thin CLI sub-commands; the work lives in the library modules."""

@@ -1,0 +1,15 @@
+"""The pathways a routed block mixes. Each one reads (B, T, C) and writes (B, T, C), and all
+share one cache interface:
+
+    cache = pathway.init_cache(batch_size, max_len, device)   # None when stateless
+    y = pathway(x, cache)   # cache=None: whole sequence; else continue from the cache
+
+so a block and the generation loop never ask what kind of pathway they hold.
+"""
+
+from tilelli.pathways.attention import CausalAttention
+from tilelli.pathways.dense import Dense
+from tilelli.pathways.state import StateSpace
+from tilelli.ternary import TernaryConv1d as CausalConv
+
+__all__ = ["CausalAttention", "CausalConv", "Dense", "StateSpace"]

@@ -1,0 +1,113 @@
+"""Sparse pathway: causal top-k multi-head attention with a KV cache.
+
+Per query, only the `top_k` highest-scoring visible positions (itself included) get softmax
+weight; early positions with fewer than `top_k` visible keys use all of them. `top_k=0`
+gives ordinary dense causal attention (the vanilla baseline uses the same module).
+
+Efficient rather than literal: the top-k selection is computed once without autograd from
+the raw scores, turned into a boolean mask, and the attention itself runs in PyTorch's fused
+`scaled_dot_product_attention`. The gradient is the same as that of the literal
+"mask the scores, softmax, weight the values" (the selection is piecewise constant), but the
+(B, H, T, T) softmax and its backward never go through Python-level tensor ops.
+
+Heads: Q and K have `d_head` features per head, V has `v_head` (Lite: d_model / n_heads,
+concatenated, then one d x d projection; the parent block: one head whose V is d_model wide
+and no output projection).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tilelli.config import TernaryOptions
+from tilelli.ternary import TernaryLinear
+
+
+class KVCache:
+    """Preallocated keys/values (B, H, max_len, d) and how many positions are filled."""
+
+    def __init__(self, batch_size: int, n_heads: int, max_len: int, d_head: int, v_head: int,
+                 device: torch.device):
+        self.k = torch.zeros(batch_size, n_heads, max_len, d_head, device=device)
+        self.v = torch.zeros(batch_size, n_heads, max_len, v_head, device=device)
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new (B, H, T, d) keys/values; return all keys/values so far."""
+        end = self.length + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache holds {self.k.shape[2]} positions; {end} requested")
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+QUERY_CHUNK = 64
+
+
+def topk_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, top_k: int,
+                          offset: int = 0) -> torch.Tensor:
+    """Attention of queries at positions offset..offset+Tq-1 over keys 0..offset+Tq-1.
+
+    q, k: (B, H, Tq|Tk, d_head); v: (B, H, Tk, v_head) -> (B, H, Tq, v_head).
+    Long query blocks are cut into chunks of QUERY_CHUNK that score only the keys they can
+    see, so the masked (non-causal-kernel) path does ~60 % of the full T x T work at T=256.
+    """
+    Tq, Tk = q.shape[2], k.shape[2]
+    if Tq == Tk and offset == 0 and (top_k == 0 or top_k >= Tk):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if 0 < top_k < Tk and Tq > QUERY_CHUNK:
+        ends = range(QUERY_CHUNK, Tq + QUERY_CHUNK, QUERY_CHUNK)
+        return torch.cat([
+            topk_causal_attention(q[:, :, e - QUERY_CHUNK:e], k[:, :, :offset + min(e, Tq)],
+                                  v[:, :, :offset + min(e, Tq)], top_k, offset + e - QUERY_CHUNK)
+            for e in ends], dim=2)
+    bias = None
+    if Tq > 1:  # a single new query sees every cached key
+        pos_q = torch.arange(offset, offset + Tq, device=q.device)
+        hidden = pos_q[:, None] < torch.arange(Tk, device=q.device)[None]  # (Tq, Tk)
+        bias = torch.zeros(Tq, Tk, device=q.device).masked_fill_(hidden, float("-inf"))
+    if top_k == 0 or top_k >= Tk:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    with torch.no_grad():
+        scores = q @ k.transpose(-2, -1)  # (B, H, Tq, Tk); the 1/sqrt(d) scale cannot change the order
+        if bias is not None:
+            scores += bias
+        kth = scores.topk(top_k, dim=-1, sorted=False).values.amin(-1, keepdim=True)  # (B, H, Tq, 1)
+        # rows with fewer than top_k visible keys get kth = -inf: clamp so hidden keys stay hidden
+        kth.clamp_(min=torch.finfo(scores.dtype).min)
+        mask = torch.where(scores < kth, float("-inf"), 0.0)  # additive: fused SDPA's fast path
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # scaled by 1/sqrt(d_head)
+
+
+class CausalAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, d_head: int, v_head: int, top_k: int,
+                 out_proj: bool, opts: TernaryOptions, out_std: float = 0.02):
+        super().__init__()
+        self.n_heads, self.d_head, self.v_head, self.top_k = n_heads, d_head, v_head, top_k
+        qkv_opts = dataclasses.replace(opts, quantize=False) if opts.fp_attention else opts
+        self.qkv = TernaryLinear(d_model, n_heads * (2 * d_head + v_head), qkv_opts)
+        self.proj = TernaryLinear(n_heads * v_head, d_model, opts, std=out_std) if out_proj else None
+
+    def init_cache(self, batch_size: int, max_len: int, device: torch.device) -> KVCache:
+        return KVCache(batch_size, self.n_heads, max_len, self.d_head, self.v_head, device)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, dk, dv = self.n_heads, self.d_head, self.v_head
+        q, k, v = self.qkv(x).split([H * dk, H * dk, H * dv], dim=-1)  # (B, T, H*d) each
+        q = q.view(B, T, H, dk).transpose(1, 2)  # (B, H, T, dk)
+        k = k.view(B, T, H, dk).transpose(1, 2)  # (B, H, T, dk)
+        v = v.view(B, T, H, dv).transpose(1, 2)  # (B, H, T, dv)
+        offset = 0
+        if cache is not None:
+            offset = cache.length
+            k, v = cache.append(k, v)  # (B, H, offset+T, d)
+        y = topk_causal_attention(q, k, v, self.top_k, offset)  # (B, H, T, dv)
+        y = y.transpose(1, 2).reshape(B, T, H * dv)  # (B, T, H*dv)
+        return self.proj(y) if self.proj is not None else y

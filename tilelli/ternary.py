@@ -1,0 +1,245 @@
+"""Ternary {-1, 0, +1} x scale weights, trained with a straight-through estimator.
+
+One code path for FP32 and ternary: every ternary-capable layer owns a latent FP32 weight and
+asks `TernaryModule.effective_weight()` what to multiply by. With `quantize=False` that is the
+latent weight itself (the plain FP32 layer, same parameters); with `quantize=True` it is
+`alpha * clamp(round(w / alpha), -1, 1)`, whose backward passes the gradient straight through
+to the latent weight. After `load_trits(...)` a layer holds its weights as int8 trits plus
+scales (what a packed checkpoint stores) and gives bit-identical effective weights.
+
+Weights are viewed as 2-D (rows = output units, cols = the rest): `per_row` gives one scale
+per row, and `hadamard` rotates the cols dimension by a block-diagonal orthonormal Hadamard
+transform H before quantizing and back after (W_eff = q(W H) H^T), which is the same as
+rotating the layer's input features and the weight; in FP32 it leaves outputs unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tilelli.config import TernaryOptions
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the quantized tensor, exactly. Backward: the gradient unchanged.
+
+    A custom Function rather than `w + (q - w).detach()`, because that expression is not
+    bit-equal to q in floating point, and packed checkpoints must reproduce logits exactly.
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        return q
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward, gradient multiplied by `g` (LSQ's step-size gradient scale)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, g: float) -> torch.Tensor:
+        ctx.g = g
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.g, None
+
+
+def absmean_scale(w2d: torch.Tensor, per_row: bool) -> torch.Tensor:
+    """alpha = mean(|w|), per tensor (1, 1) or per row (rows, 1); never exactly zero."""
+    a = w2d.abs().mean(dim=1, keepdim=True) if per_row else w2d.abs().mean().reshape(1, 1)
+    return a.clamp_min(1e-8)
+
+
+def trits_of(w2d: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The ternary codes clamp(round(w / scale), -1, 1) as floats in {-1, 0, 1}."""
+    return torch.clamp(torch.round(w2d / scale), -1.0, 1.0)
+
+
+def ternarize(w: torch.Tensor, per_row: bool = False) -> torch.Tensor:
+    """alpha * clamp(round(w / alpha), -1, 1) with alpha = mean|w|, straight-through gradient."""
+    w2d = w.reshape(w.shape[0], -1)
+    with torch.no_grad():
+        scale = absmean_scale(w2d, per_row)
+        q = scale * trits_of(w2d, scale)
+    return _StraightThrough.apply(w2d, q).reshape(w.shape)
+
+
+def hadamard_block(n: int) -> int:
+    """Largest power of two dividing n: the block size of the block-diagonal rotation."""
+    return n & -n
+
+
+@cache
+def _hadamard(size: int) -> torch.Tensor:
+    """Orthonormal Sylvester Hadamard matrix; symmetric, so it is its own inverse."""
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < size:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return (h / math.sqrt(size)).float()
+
+
+def hadamard_rotate(x: torch.Tensor) -> torch.Tensor:
+    """Rotate the last dimension by block-diagonal H (blocks of `hadamard_block(n)`)."""
+    n = x.shape[-1]
+    b = hadamard_block(n)
+    if b == 1:
+        return x
+    h = _hadamard(b).to(device=x.device, dtype=x.dtype)
+    return (x.reshape(*x.shape[:-1], n // b, b) @ h).reshape(x.shape)  # (..., n)
+
+
+class TernaryModule(nn.Module):
+    """Base of every ternary-capable layer: owns `weight` (latent FP32), optional LSQ `scale`.
+
+    Subclasses define `forward` in terms of `self.effective_weight()`. In inference
+    (no grad) the effective weight is cached until the latent weight changes, so generation
+    pays for quantization once, not per token.
+    """
+
+    def __init__(self, shape: tuple[int, ...], opts: TernaryOptions, std: float):
+        super().__init__()
+        self.opts = opts
+        self.weight = nn.Parameter(torch.randn(shape) * std)
+        if opts.lsq:
+            with torch.no_grad():
+                w2d = self._rotated(self.weight.reshape(shape[0], -1))
+                self.scale = nn.Parameter(absmean_scale(w2d, opts.per_row).clone())
+        self._cache: tuple[tuple, torch.Tensor] | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return self.opts.quantize
+
+    def _rotated(self, w2d: torch.Tensor) -> torch.Tensor:
+        return hadamard_rotate(w2d) if self.opts.hadamard else w2d
+
+    def _scale_and_codes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rotated latent weight, scale, codes) of the quantizer; codes carry no gradient."""
+        w2d = self._rotated(self.weight.reshape(self.weight.shape[0], -1))
+        if self.opts.lsq:
+            scale = self.scale.abs().clamp_min(1e-8)
+        else:
+            scale = absmean_scale(w2d.detach(), self.opts.per_row)
+        return w2d, scale, trits_of(w2d.detach(), scale.detach())
+
+    def _compute(self) -> torch.Tensor:
+        if "packed_trits" in self._buffers:  # loaded from a packed checkpoint
+            q = self.packed_scale * self.packed_trits.float()
+            shape = self.packed_shape
+        else:
+            shape = self.weight.shape
+            if not self.opts.quantize:
+                q = self._rotated(self.weight.reshape(shape[0], -1))
+            elif self.opts.lsq:
+                w2d, scale, _ = self._scale_and_codes()
+                g = 1.0 / math.sqrt(w2d.numel())
+                s = _ScaleGrad.apply(scale, g)
+                codes = torch.clamp(w2d / s, -1.0, 1.0)
+                q = s * _StraightThrough.apply(codes, torch.round(codes.detach()))
+            else:
+                w2d, scale, codes = self._scale_and_codes()
+                q = _StraightThrough.apply(w2d, scale * codes)
+        if self.opts.hadamard:
+            q = hadamard_rotate(q)  # H is its own inverse
+        return q.reshape(shape)
+
+    def effective_weight(self) -> torch.Tensor:
+        """What the layer multiplies by: latent (FP32), quantized (STE), or unpacked trits."""
+        if torch.is_grad_enabled():
+            self._cache = None
+            return self._compute()
+        src = self.packed_trits if "packed_trits" in self._buffers else self.weight
+        extra = self.scale if self.opts.lsq and "packed_trits" not in self._buffers else src
+        key = (src.data_ptr(), src._version, extra._version, src.device, src.dtype)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._compute())
+        return self._cache[1]
+
+    # --- packed storage ---------------------------------------------------------------
+
+    @torch.no_grad()
+    def export_trits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes int8 (rows, cols) in {-1,0,1}, scales float32 (rows,) or (1,))."""
+        if "packed_trits" in self._buffers:
+            return self.packed_trits.clone(), self.packed_scale.reshape(-1).clone()
+        if not self.opts.quantize:
+            raise ValueError("export_trits needs a quantized layer (quantize=True)")
+        _, scale, codes = self._scale_and_codes()
+        return codes.to(torch.int8), scale.reshape(-1).float().clone()
+
+    @torch.no_grad()
+    def load_trits(self, codes: torch.Tensor, scale: torch.Tensor) -> None:
+        """Replace the latent weight by frozen trits + scales (a packed checkpoint)."""
+        shape = tuple(self.weight.shape) if "weight" in self._parameters else self.packed_shape
+        rows = shape[0]
+        cols = math.prod(shape[1:])
+        if tuple(codes.shape) != (rows, cols):
+            raise ValueError(f"trits of shape {tuple(codes.shape)} do not fit weight {shape}")
+        if scale.numel() not in (1, rows):
+            raise ValueError(f"{scale.numel()} scales do not fit {rows} rows")
+        device = self.weight.device if "weight" in self._parameters else self.packed_trits.device
+        self._parameters.pop("weight", None)
+        self._parameters.pop("scale", None)
+        self.packed_shape = shape
+        self.register_buffer("packed_trits", codes.to(device=device, dtype=torch.int8))
+        self.register_buffer("packed_scale", scale.reshape(-1, 1).to(device=device, dtype=torch.float32))
+        self._cache = None
+
+
+class TernaryLinear(TernaryModule):
+    """y = x W^T with W ternary-capable; no bias (ternary layers carry none)."""
+
+    def __init__(self, in_features: int, out_features: int, opts: TernaryOptions, std: float = 0.02):
+        super().__init__((out_features, in_features), opts, std)
+        self.in_features, self.out_features = in_features, out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.effective_weight())  # (..., in) -> (..., out)
+
+
+class TernaryEmbedding(TernaryModule):
+    """Lookup table quantized at forward time (rows = vocabulary entries)."""
+
+    def __init__(self, num_embeddings: int, dim: int, opts: TernaryOptions, std: float):
+        super().__init__((num_embeddings, dim), opts, std)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return F.embedding(idx, self.effective_weight())  # (B, T) -> (B, T, dim)
+
+
+class ConvCache:
+    """The last k-1 inputs of a causal conv, so one new step needs only the new input."""
+
+    def __init__(self, batch_size: int, channels: int, kernel: int, device: torch.device):
+        self.buf = torch.zeros(batch_size, channels, kernel - 1, device=device)
+
+
+class TernaryConv1d(TernaryModule):
+    """Depthwise causal 1-D convolution over time (left padding k-1), ternary-capable."""
+
+    def __init__(self, channels: int, kernel: int, opts: TernaryOptions):
+        super().__init__((channels, 1, kernel), opts, std=1.0 / math.sqrt(kernel))
+        self.channels, self.kernel = channels, kernel
+
+    def init_cache(self, batch_size: int, max_len: int, device: torch.device) -> ConvCache:  # noqa: ARG002
+        return ConvCache(batch_size, self.channels, self.kernel, device)
+
+    def forward(self, x: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
+        w = self.effective_weight()  # (C, 1, k)
+        xt = x.transpose(1, 2)  # (B, C, T)
+        if cache is None:
+            xt = F.pad(xt, (self.kernel - 1, 0))
+        else:
+            xt = torch.cat([cache.buf, xt], dim=2)  # (B, C, k-1+T)
+            cache.buf = xt[:, :, xt.shape[2] - (self.kernel - 1):]
+        return F.conv1d(xt, w, groups=self.channels).transpose(1, 2)  # (B, T, C)
