@@ -28,14 +28,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", help="prompt text; without it the prompt is read from stdin (UTF-8)")
     parser.add_argument("--max-new-tokens", type=_non_negative_int, default=256, help="bytes to generate (default 256)")
     parser.add_argument("--temperature", type=_non_negative_float, default=0.8, help="0 = greedy (default 0.8)")
-    parser.add_argument("--top-k", type=_non_negative_int, default=0, help="sample among the k likeliest bytes (0 = off)")
+    parser.add_argument("--top-k", type=_non_negative_int, default=0,
+                        help="sample among the k likeliest bytes (0 = off)")
     parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass in (0, 1] (default 0.95)")
     parser.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
     parser.add_argument("--stop", action="append", default=[],
                         help=r"stop after this text (repeatable; escapes like \n work); it is kept in the output")
     parser.add_argument("--show-confidence", action="store_true",
                         help="colour bytes by the model's probability (TTY) and print mean/min confidence on stderr")
-    parser.add_argument("--json", action="store_true", help="print one JSON object (text, per-byte confidence, stop reason)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object (text, per-byte confidence, stop reason)")
     parser.add_argument("--threads", type=_non_negative_int, default=0, help="torch CPU threads (0 = torch default)")
     parser.epilog = ("At the model's context limit (max_seq_len bytes, prompt included) generation stops "
                      "and says so on stderr.")

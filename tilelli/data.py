@@ -1,0 +1,175 @@
+"""Reading packed byte data: random training windows and exact evaluation windows.
+
+A data dir (written by `tilelli prepare`) holds `train.bin` and `valid.bin`, flat uint8 arrays
+of UTF-8 text, plus `meta.json`. Tokens are the raw bytes (vocabulary 256), so a batch is just
+windows of the file. The files are read through a memory map, indexed per window and mapped
+afresh for every batch, so a multi-GB bin costs only the pages one batch touches, never the
+whole file in RAM.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tilelli.errors import TilelliError
+
+VOCAB_SIZE = 256
+
+
+def open_bin(path: str | Path) -> np.memmap:
+    """Memory-map a packed `.bin` file read-only, with errors a user can act on.
+
+    Mapping (not reading) keeps memory flat whatever the file size; the OS pages in only the
+    windows that are actually sliced.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TilelliError(f"no {path.name} in {path.parent}; run `tilelli prepare` first")
+    size = path.stat().st_size
+    if size == 0:
+        raise TilelliError(f"{path} is empty (0 bytes); re-run `tilelli prepare` on non-empty input")
+    return np.memmap(path, dtype=np.uint8, mode="r")
+
+
+class _Bytes:
+    """The bytes windows are cut from: a whole `.bin` file mapped afresh per batch, or an array.
+
+    A memory map kept for the whole run holds every page it ever touched in the process's RSS
+    (measured: 3.7 GB after 2,000 random batches of 64 x 513 on a 4 GB file); unmapping after each
+    batch gives them back to the page cache and costs one mmap call (nanoGPT does the same).
+    A path, or a memmap of a whole file, gets that treatment; any other uint8 array is used as is.
+    """
+
+    def __init__(self, data: np.ndarray | str | Path) -> None:
+        if isinstance(data, (str, Path)):
+            data = open_bin(data)
+        filename = getattr(data, "filename", None)
+        self.name = str(filename or "<array>")
+        if data.dtype != np.uint8 or data.ndim != 1:
+            raise TilelliError(f"{self.name}: expected a flat uint8 array, got {data.dtype} {data.shape}")
+        self.size = len(data)
+        whole_file = (filename is not None and data.offset == 0 and data.strides == (1,)
+                      and self.size == os.path.getsize(filename))
+        self.path = Path(filename) if whole_file else None
+        self.array = None if whole_file else data
+
+    def view(self) -> np.ndarray:
+        """The bytes to slice now: a fresh read-only map of the file, or the array itself."""
+        if self.path is None:
+            return self.array
+        return np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.size,))
+
+
+def _windows(data: np.ndarray, starts: Sequence[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather `length + 1`-byte windows at `starts` into (x, y) int64 tensors, y = x shifted by one."""
+    rows = np.stack([data[s : s + length + 1] for s in starts])  # (B, length+1); reads only those pages
+    chunk = torch.from_numpy(rows.astype(np.int64))
+    return chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()  # (B, length), (B, length)
+
+
+class ByteBatches:
+    """Random training windows of `seq_len + 1` bytes, reproducible and resumable.
+
+    The generator is its own `numpy.random.Generator(PCG64(seed))`, never the global RNG, so
+    batches do not depend on what else the program draws. For data-parallel training every rank
+    draws the same *global* batch of `batch_size * world_size` offsets and keeps its own slice
+    `[rank * batch_size:(rank + 1) * batch_size]`: N ranks with batch b see exactly the windows
+    one process with batch N*b sees, and all ranks stay in step without communicating.
+    """
+
+    def __init__(
+        self,
+        data: np.ndarray | str | Path,
+        batch_size: int,
+        seq_len: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1 or seq_len < 1:
+            raise TilelliError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise TilelliError(f"rank must be in [0, world_size), got rank {rank}, world_size {world_size}")
+        self.bytes = _Bytes(data)
+        if self.bytes.size < seq_len + 1:
+            raise TilelliError(
+                f"{self.bytes.name} has {self.bytes.size} bytes but one window needs seq_len + 1 = "
+                f"{seq_len + 1}; use a shorter --seq-len or more data"
+            )
+        self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
+        self.rank, self.world_size = rank, world_size
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.batches_drawn = 0
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (x, y), each int64 of shape (batch_size, seq_len), on the CPU; y[:, t] = x[:, t + 1]."""
+        high = self.bytes.size - self.seq_len  # the last start that fits is size - (seq_len + 1)
+        starts = self.rng.integers(0, high, size=self.batch_size * self.world_size)  # the global batch
+        mine = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        self.batches_drawn += 1
+        return _windows(self.bytes.view(), mine, self.seq_len)
+
+    def state_dict(self) -> dict:
+        """A JSON-serialisable snapshot; `load_state_dict` of it makes the following batches bit-identical."""
+        return {
+            "bit_generator": self.rng.bit_generator.state,
+            "batches_drawn": self.batches_drawn,
+            "global_batch_size": self.batch_size * self.world_size,
+            "seq_len": self.seq_len,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the stream where `state` left it.
+
+        The global batch size and seq_len must match the saved ones: with other shapes the same
+        generator state would give a different stream, so "resume exactly" would silently fail.
+        (world_size may change as long as batch_size * world_size does not.)
+        """
+        saved = (state["global_batch_size"], state["seq_len"])
+        ours = (self.batch_size * self.world_size, self.seq_len)
+        if saved != ours:
+            raise TilelliError(
+                f"data state was saved with global batch {saved[0]} and seq_len {saved[1]}, "
+                f"this run has {ours[0]} and {ours[1]}; resume with the same shapes or start fresh"
+            )
+        self.rng.bit_generator.state = state["bit_generator"]
+        self.batches_drawn = int(state["batches_drawn"])
+
+
+def eval_windows(
+    data: np.ndarray | str | Path,
+    batch_size: int,
+    seq_len: int,
+    max_batches: int | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Deterministic windows that predict every byte of the file after the first exactly once.
+
+    Window i covers bytes [i*seq_len, i*seq_len + seq_len], so targets never overlap and, when
+    `max_batches` is None, the batches hold exactly `len(data) - 1` target bytes in all: summing
+    the per-byte loss over every batch gives an exact per-byte figure. Full windows come in batches
+    of up to `batch_size` rows (the last batch may have fewer); the leftover shorter than seq_len,
+    if any, comes last as its own (1, rest) batch so nothing is dropped. Each window starts with
+    empty context, as in training.
+    """
+    if batch_size < 1 or seq_len < 1:
+        raise TilelliError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
+    source = _Bytes(data)
+    if source.size < 2:
+        raise TilelliError(f"{source.name} has {source.size} byte(s); evaluation needs at least 2")
+    n_targets = source.size - 1
+    n_full = n_targets // seq_len
+    yielded = 0
+    for first in range(0, n_full, batch_size):
+        if max_batches is not None and yielded >= max_batches:
+            return
+        starts = [i * seq_len for i in range(first, min(first + batch_size, n_full))]
+        yield _windows(source.view(), starts, seq_len)
+        yielded += 1
+    rest = n_targets - n_full * seq_len
+    if rest and (max_batches is None or yielded < max_batches):
+        yield _windows(source.view(), [n_full * seq_len], rest)
