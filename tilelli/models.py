@@ -61,10 +61,12 @@ class LM(nn.Module):
         self.head = TernaryLinear(d, config.vocab_size, config.ternary)
 
     def num_params(self) -> int:
-        """Parameters as trained (latent weights; a packed model counts its trits)."""
+        """Parameters as trained (latent weights; a packed model counts its trits, and its
+        scales where they were learned (LSQ), so the count survives a packed round trip)."""
         n = sum(p.numel() for p in self.parameters())
-        n += sum(m.packed_trits.numel() for m in self.modules()
-                 if isinstance(m, TernaryModule) and "packed_trits" in m._buffers)
+        for m in self.modules():
+            if isinstance(m, TernaryModule) and "packed_trits" in m._buffers:
+                n += m.packed_trits.numel() + (m.packed_scale.numel() if m.opts.lsq else 0)
         return n
 
     @property
