@@ -242,4 +242,6 @@ class TernaryConv1d(TernaryModule):
         else:
             xt = torch.cat([cache.buf, xt], dim=2)  # (B, C, k-1+T)
             cache.buf = xt[:, :, xt.shape[2] - (self.kernel - 1):]
+            if x.shape[1] == 1:  # one decode step: a dot product per channel, ~3x faster than conv1d
+                return (xt * w[:, 0]).sum(-1)[:, None]  # (B, 1, C)
         return F.conv1d(xt, w, groups=self.channels).transpose(1, 2)  # (B, T, C)
