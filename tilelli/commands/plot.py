@@ -1,0 +1,19 @@
+"""`tilelli plot`: overlay train/valid bits-per-byte curves of runs into a PNG (see tilelli.plot)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tilelli.plot import plot_runs
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories of `tilelli train`")
+    parser.add_argument("-o", "--out", type=Path, default=Path("curves.png"), metavar="PNG",
+                        help="image to write (default curves.png)")
+
+
+def run(args: argparse.Namespace) -> int:
+    print(plot_runs(args.runs, args.out))
+    return 0
