@@ -53,10 +53,8 @@ from tilelli.errors import TilelliError
 from tilelli.evaluate import evaluate_bpb
 from tilelli.models import LM, build_model
 from tilelli.optim import OPTIMIZERS, build_optimizers, lr_at, set_lr
+from tilelli.runs import CHECKPOINTS, METRICS_FILE, RUN_FILE, read_metrics
 
-RUN_FILE = "run.json"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer.pt"
 _STEP_DIR = re.compile(r"step-(\d+)")
 
@@ -619,15 +617,6 @@ class Trainer:
         else:
             self._say(f"{self.out} is already at step {self.step} of --steps {self.cfg.steps}; nothing to do")
         return record
-
-
-def read_metrics(run_dir: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(train lines, validation lines) of a run's metrics.jsonl."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        raise TilelliError(f"{run_dir} has no {METRICS_FILE}; is it a `tilelli train` run directory?")
-    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r for r in lines if "loss" in r], [r for r in lines if "valid_loss" in r]
 
 
 # --- smoke ---------------------------------------------------------------------------------------
