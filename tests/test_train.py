@@ -18,8 +18,8 @@ import torch
 import tilelli
 from tilelli.cli import main
 from tilelli.prepare import prepare
-from tilelli.runs import read_metrics
-from tilelli.train import TrainConfig, Trainer, list_checkpoints, sample_text
+from tilelli.runs import list_checkpoints, read_metrics
+from tilelli.train import TrainConfig, Trainer, sample_text
 
 TINY = {"d_model": 32, "n_layers": 2, "n_heads": 4, "d_head": 8, "max_seq_len": 128}
 TINY_ARGS = [a for k, v in TINY.items() for a in ("--override", f"{k}={v}")]

@@ -32,6 +32,7 @@ from safetensors.torch import save as safetensors_bytes
 from tilelli.config import ModelConfig
 from tilelli.errors import TilelliError
 from tilelli.packing import pack_trits, packed_size, unpack_trits
+from tilelli.runs import list_checkpoints
 from tilelli.ternary import TernaryModule
 
 FORMAT = "tilelli"
@@ -228,6 +229,8 @@ def _checkpoint_dir(path: str | os.PathLike) -> Path:
     if not path.is_dir():
         raise TilelliError(f"{path} is not a checkpoint directory (expected a directory holding "
                            f"{CONFIG_FILE} and {WEIGHTS_FILE})")
+    if not (path / CONFIG_FILE).is_file() and list_checkpoints(path):
+        path = list_checkpoints(path)[-1]  # a training run directory: its newest checkpoint
     if not (path / CONFIG_FILE).is_file():
         raise TilelliError(f"{path} is not a tilelli checkpoint: it has no {CONFIG_FILE} "
                            f"(a checkpoint directory holds {CONFIG_FILE} and {WEIGHTS_FILE})")

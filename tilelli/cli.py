@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("tilelli.commands.generate", "generate text from a checkpoint, streaming to the terminal"),
     "prepare": ("tilelli.commands.prepare", "pack raw text (txt, jsonl, TinyStories) into train.bin / valid.bin"),
     "train": ("tilelli.commands.train", "train any named config (CPU, GPU, or several GPUs via torchrun)"),
+    "eval": ("tilelli.commands.eval", "bits per byte of a checkpoint on a file, with a bootstrap confidence interval"),
     "plot": ("tilelli.commands.plot", "overlay training curves of one or more runs into a PNG"),
 }
 

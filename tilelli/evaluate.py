@@ -10,7 +10,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from tilelli.data import eval_windows
 
@@ -26,24 +28,45 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate_bpb(model: torch.nn.Module, path: str | Path, batch_size: int, seq_len: int,
-                 max_batches: int | None = None) -> Evaluation:
-    """Cross-entropy of `model` on the bytes of `path` (deterministic non-overlapping windows).
+def window_losses(model: torch.nn.Module, path: str | Path, batch_size: int, seq_len: int,
+                  max_batches: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Summed cross-entropy (nats) and byte count of every evaluation window of `path`.
 
-    Sums per-byte losses and divides by the number of targets, so a short last window counts
-    for exactly its bytes; `max_batches=None` covers every byte of the file after the first.
-    Runs in eval mode (the model as it is used: parent blocks skip low-weight pathways) and
-    restores the previous mode.
+    Windows are deterministic and non-overlapping (`eval_windows`), each starting without
+    context. Per-window sums are what a bootstrap resamples. Runs in eval mode (the model as
+    it is used: parent blocks skip low-weight pathways) and restores the previous mode.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    sums, counts = [], []
     try:
         for x, y in eval_windows(path, batch_size, seq_len, max_batches):
-            out = model(x.to(device), y.to(device))
-            total += out.ce_loss.item() * y.numel()  # mean over the batch back to a sum
-            count += y.numel()
+            logits = model(x.to(device)).logits.float()  # (B, T, V)
+            nll = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), reduction="none")
+            sums.append(nll.view(y.shape).sum(1).double().cpu().numpy())  # (B,)
+            counts.append(np.full(y.shape[0], y.shape[1]))
     finally:
         model.train(was_training)
-    return Evaluation(total / count, count)
+    return np.concatenate(sums), np.concatenate(counts)
+
+
+def evaluate_bpb(model: torch.nn.Module, path: str | Path, batch_size: int, seq_len: int,
+                 max_batches: int | None = None) -> Evaluation:
+    """Cross-entropy of `model` on the bytes of `path`: per-byte losses summed and divided by
+    the number of targets, so a short last window counts for exactly its bytes;
+    `max_batches=None` covers every byte of the file after the first."""
+    sums, counts = window_losses(model, path, batch_size, seq_len, max_batches)
+    return Evaluation(float(sums.sum() / counts.sum()), int(counts.sum()))
+
+
+def bootstrap_ci(sums: np.ndarray, counts: np.ndarray, n_resamples: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of nats/byte, resampling whole windows (bytes inside a
+    window are not independent; windows nearly are)."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(sums), size=(n_resamples, len(sums)))  # (R, W)
+    stats = sums[picks].sum(1) / counts[picks].sum(1)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(stats, [tail, 100 - tail])
+    return float(lo), float(hi)

@@ -29,7 +29,6 @@ import math
 import os
 import platform
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -53,10 +52,9 @@ from tilelli.errors import TilelliError
 from tilelli.evaluate import evaluate_bpb
 from tilelli.models import LM, build_model
 from tilelli.optim import OPTIMIZERS, build_optimizers, lr_at, set_lr
-from tilelli.runs import CHECKPOINTS, METRICS_FILE, RUN_FILE, read_metrics
+from tilelli.runs import CHECKPOINTS, METRICS_FILE, RUN_FILE, list_checkpoints, read_metrics
 
 STATE_FILE = "trainer.pt"
-_STEP_DIR = re.compile(r"step-(\d+)")
 
 
 @dataclass
@@ -280,15 +278,6 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 
 # --- checkpoints -------------------------------------------------------------------------------
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (temporary directories are never listed)."""
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.fullmatch(p.name))]
-    return [p for _, p in sorted(found)]
-
 
 def rng_state() -> dict[str, Any]:
     """Every global random stream, as plain containers and tensors (weights_only-loadable)."""

@@ -1,0 +1,73 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny
+
+import tilelli
+from tilelli.checkpoint import save
+from tilelli.cli import main
+from tilelli.evaluate import bootstrap_ci, evaluate_bpb, window_losses
+from tilelli.models import build_model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("eval")
+    torch.manual_seed(0)
+    model = build_model(tiny("tilelli-lite-fp32", max_seq_len=64)).eval()
+    save(model, tmp / "ckpt")
+    text = tmp / "text.txt"
+    text.write_bytes(bytes(np.random.default_rng(0).integers(32, 127, 3000, dtype=np.uint8)))
+    return model, tmp / "ckpt", text
+
+
+def test_window_losses_match_a_direct_computation(setup):
+    model, _, text = setup
+    data = text.read_bytes()
+    sums, counts = window_losses(model, text, batch_size=4, seq_len=32)
+    assert counts.sum() == len(data) - 1  # every byte after the first is a target once
+    x = torch.tensor(list(data[:33]))[None]
+    with torch.no_grad():
+        first = F.cross_entropy(model(x[:, :32]).logits[0], x[0, 1:33], reduction="sum")
+    assert sums[0] == pytest.approx(first.item(), rel=1e-5)
+    ev = evaluate_bpb(model, text, 4, 32)
+    assert ev.loss == pytest.approx(sums.sum() / counts.sum()) and ev.bpb == pytest.approx(ev.loss / math.log(2))
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_shrinks_with_data():
+    rng = np.random.default_rng(0)
+    sums, counts = rng.normal(100, 10, 400), np.full(400, 64)
+    lo, hi = bootstrap_ci(sums, counts)
+    assert lo < sums.sum() / counts.sum() < hi
+    lo4, hi4 = bootstrap_ci(np.tile(sums, 4), np.tile(counts, 4))
+    assert (hi4 - lo4) < 0.7 * (hi - lo)
+
+
+def test_eval_cli_json(setup, capsys):
+    model, ckpt, text = setup
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(text), "--seq-len", "32", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res) == {"nats_per_byte", "bpb", "bpb_ci", "bytes"}
+    assert res["bpb_ci"][0] < res["bpb"] < res["bpb_ci"][1] and res["bytes"] == 2999
+    assert res["nats_per_byte"] == pytest.approx(evaluate_bpb(model, text, 16, 32).loss, rel=1e-6)
+
+
+def test_eval_cli_errors(setup, capsys):
+    _, ckpt, text = setup
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", "/no/such/file"]) == 2
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(text), "--seq-len", "65"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "is not a file" in err[0] and "exceeds the model's context 64" in err[1]
+
+
+def test_load_accepts_a_run_directory(tmp_path):
+    torch.manual_seed(0)
+    for step in (1, 12):
+        model = build_model(tiny("vanilla-fp32"))
+        save(model, tmp_path / "run" / "checkpoints" / f"step-{step:07d}")
+    loaded = tilelli.load(tmp_path / "run")  # the newest checkpoint
+    assert torch.equal(loaded.pos_emb, model.pos_emb)

@@ -1,0 +1,64 @@
+"""`tilelli eval`: nats/byte and bits/byte of a checkpoint on a file, with a bootstrap CI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from tilelli.errors import TilelliError
+
+
+def _positive_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be >= 1")
+    return v
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    parser.add_argument("--data", required=True,
+                        help="a file of raw bytes (any text file, or a .bin), or a prepared data dir (its valid.bin)")
+    parser.add_argument("--seq-len", type=_positive_int, default=256,
+                        help="window length; each window starts without context (default 256)")
+    parser.add_argument("--batch-size", type=_positive_int, default=16, help="windows per forward pass (default 16)")
+    parser.add_argument("--max-bytes", type=_positive_int, default=None, help="evaluate only the first N bytes")
+    parser.add_argument("--bootstrap", type=_positive_int, default=1000, help="bootstrap resamples (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    parser.add_argument("--json", action="store_true",
+                        help='print one object {"nats_per_byte", "bpb", "bpb_ci": [lo, hi], "bytes"}')
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from tilelli.checkpoint import load
+    from tilelli.evaluate import bootstrap_ci, window_losses
+
+    data = Path(args.data)
+    if data.is_dir():
+        data = data / "valid.bin"
+    if not data.is_file():
+        raise TilelliError(f"{data} is not a file; give a text/.bin file or a data dir holding valid.bin")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load(args.checkpoint)
+    if args.seq_len > model.config.max_seq_len:
+        raise TilelliError(f"--seq-len {args.seq_len} exceeds the model's context {model.config.max_seq_len}")
+    max_batches = None
+    if args.max_bytes is not None:
+        max_batches = max(1, math.ceil(args.max_bytes / (args.seq_len * args.batch_size)))
+    sums, counts = window_losses(model, data, args.batch_size, args.seq_len, max_batches)
+    nats = float(sums.sum() / counts.sum())
+    lo, hi = bootstrap_ci(sums, counts, args.bootstrap, seed=args.seed)
+    result = {"nats_per_byte": nats, "bpb": nats / math.log(2), "bpb_ci": [lo / math.log(2), hi / math.log(2)],
+              "bytes": int(counts.sum())}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{data}: {result['nats_per_byte']:.4f} nats/byte, {result['bpb']:.4f} bpb "
+              f"(95% CI {result['bpb_ci'][0]:.4f}-{result['bpb_ci'][1]:.4f}) over {result['bytes']:,} bytes")
+    return 0
