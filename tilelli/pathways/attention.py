@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tilelli.config import TernaryOptions
+from tilelli.kernels import topk_attention as kernel
 from tilelli.ternary import TernaryLinear
 
 
@@ -58,6 +59,8 @@ def topk_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, top
     Long query blocks are cut into chunks of QUERY_CHUNK that score only the keys they can
     see, so the masked (non-causal-kernel) path does ~60 % of the full T x T work at T=256.
     """
+    if kernel.applicable(q, k, v, top_k, offset):  # C kernel: same result, no (Tq, Tk) tensor
+        return kernel.topk_attention(q, k, v, top_k, offset)
     Tq, Tk = q.shape[2], k.shape[2]
     if Tq == Tk and offset == 0 and (top_k == 0 or top_k >= Tk):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)

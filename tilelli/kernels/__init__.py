@@ -1,0 +1,1 @@
+"""Optional native kernels, compiled on first use; every one has a PyTorch fallback."""
