@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2, the reference machine)")
     parser.add_argument("--models", nargs="+", default=list_configs(), help="configs (default: all)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="result folder (default benchmarks/results)")
     parser.add_argument("--quick", action="store_true",
                         help="1 repeat of 1 step after 1 warm-up step; writes train_speed_quick.*")
     args = parser.parse_args()
@@ -116,10 +117,10 @@ def main() -> None:
             "versions": {"tilelli": __version__, "torch": torch.__version__, "python": platform.python_version()},
             "machine": {"platform": platform.platform(), "processor": cpu_name(),
                         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}}
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     stem = "train_speed_quick" if args.quick else "train_speed"
-    (RESULTS / f"{stem}.json").write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")
-    (RESULTS / f"{stem}.md").write_text(markdown(results, meta))
+    (args.out / f"{stem}.json").write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(markdown(results, meta))
     print(markdown(results, meta))
 
 

@@ -1,0 +1,72 @@
+"""Re-check the speed numbers the README quotes (benchmarks/results/train_speed.json and
+topk_attention.json) by re-running both benchmarks into a temporary folder.
+
+Ratios measured in one process are what we claim, so they get the tight tolerance:
+  - training tokens/s of each config relative to vanilla-fp32: within 10 % (relative)
+  - top-k kernel fwd+bwd time relative to dense SDPA: within 30 % (single-layer timings
+    swing more on a shared 2-core machine)
+Absolute tokens/s depend on the machine and its load: within 25 %, and only meaningful on
+the machine kind the results name (2 vCPU AMD EPYC). Exits 1 and names what failed.
+
+    python reproduce/speed.py [--skip-absolute]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def rerun(script: str, out: Path, *extra: str) -> dict:
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--out", str(out), *extra], check=True,
+                   stdout=subprocess.DEVNULL)
+    return json.loads((out / script.replace(".py", ".json")).read_text())
+
+
+def train_numbers(result: dict) -> dict[str, tuple[float, float]]:
+    """(ratio to vanilla, tokens/s) per config, CPU."""
+    cpu = result["results"]["cpu"]
+    base = cpu["vanilla-fp32"]["tokens_per_s"]
+    return {name: (r["tokens_per_s"] / base, r["tokens_per_s"]) for name, r in cpu.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--skip-absolute", action="store_true", help="check only the ratios (another kind of machine)")
+    args = ap.parse_args()
+    failures: list[str] = []
+
+    def check(what: str, published: float, measured: float, tol: float) -> None:
+        ok = abs(measured - published) <= tol * abs(published)
+        print(f"{'ok' if ok else 'FAIL':4} {what:44} published {published:9.3f}  "
+              f"measured {measured:9.3f}  (±{tol:.0%})")
+        if not ok:
+            failures.append(what)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        new = train_numbers(rerun("train_speed.py", Path(tmp), "--repeats", "3"))
+        for name, (ratio, tps) in train_numbers(json.loads((RESULTS / "train_speed.json").read_text())).items():
+            check(f"{name} tokens/s vs vanilla", ratio, new[name][0], 0.10)
+            if not args.skip_absolute:
+                check(f"{name} tokens/s", tps, new[name][1], 0.25)
+        pub = json.loads((RESULTS / "topk_attention.json").read_text())["ms"]
+        now = rerun("topk_attention.py", Path(tmp))["ms"]
+        for path in ("kernel", "pytorch"):
+            check(f"top-k {path} fwd+bwd vs dense SDPA", pub[path]["fwd_bwd"] / pub["dense_sdpa"]["fwd_bwd"],
+                  now[path]["fwd_bwd"] / now["dense_sdpa"]["fwd_bwd"], 0.30)
+    if failures:
+        print(f"{len(failures)} number(s) did not reproduce: {', '.join(failures)}", file=sys.stderr)
+        return 1
+    print("all speed numbers reproduce")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
