@@ -13,31 +13,21 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from checker import Checker  # noqa: E402
 from model_sizes import RESULTS, measure  # noqa: E402
 
 TOLERANCE = 0.01
 
 
 def main() -> int:
-    published = json.loads((RESULTS / "model_sizes.json").read_text())["rows"]
-    failures = []
-    for row in published:
+    checker = Checker()
+    for row in json.loads((RESULTS / "model_sizes.json").read_text())["rows"]:
         now = measure(row["name"])
         for key, want in row.items():
-            if key == "name":
-                continue
-            got = now.get(key)
-            exact = key in ("params", "ternary", "ternary_weights")
-            ok = got == want if exact else got is not None and abs(got - want) <= TOLERANCE * abs(want)
-            status = "ok" if ok else "FAIL"
-            print(f"{status:4} {row['name']:22} {key:16} published {want}  measured {got}")
-            if not ok:
-                failures.append(f"{row['name']} {key}")
-    if failures:
-        print(f"{len(failures)} number(s) did not reproduce: {', '.join(failures)}", file=sys.stderr)
-        return 1
-    print("all model-size numbers reproduce")
-    return 0
+            if key != "name":
+                exact = key in ("params", "ternary", "ternary_weights")
+                checker.check(f"{row['name']} {key}", want, now.get(key), None if exact else TOLERANCE)
+    return checker.finish("model-size")
 
 
 if __name__ == "__main__":

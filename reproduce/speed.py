@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from checker import Checker
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -41,15 +43,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-absolute", action="store_true", help="check only the ratios (another kind of machine)")
     args = ap.parse_args()
-    failures: list[str] = []
-
-    def check(what: str, published: float, measured: float, tol: float) -> None:
-        ok = abs(measured - published) <= tol * abs(published)
-        print(f"{'ok' if ok else 'FAIL':4} {what:44} published {published:9.3f}  "
-              f"measured {measured:9.3f}  (±{tol:.0%})")
-        if not ok:
-            failures.append(what)
-
+    checker = Checker()
+    check = checker.check
     with tempfile.TemporaryDirectory() as tmp:
         new = train_numbers(rerun("train_speed.py", Path(tmp), "--repeats", "3"))
         for name, (ratio, tps) in train_numbers(json.loads((RESULTS / "train_speed.json").read_text())).items():
@@ -61,11 +56,7 @@ def main() -> int:
         for path in ("kernel", "pytorch"):
             check(f"top-k {path} fwd+bwd vs dense SDPA", pub[path]["fwd_bwd"] / pub["dense_sdpa"]["fwd_bwd"],
                   now[path]["fwd_bwd"] / now["dense_sdpa"]["fwd_bwd"], 0.30)
-    if failures:
-        print(f"{len(failures)} number(s) did not reproduce: {', '.join(failures)}", file=sys.stderr)
-        return 1
-    print("all speed numbers reproduce")
-    return 0
+    return checker.finish("speed")
 
 
 if __name__ == "__main__":

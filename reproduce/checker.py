@@ -1,0 +1,33 @@
+"""The one way a reproduce script compares a published number with a re-measured one."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+
+class Checker:
+    """Prints a line per number (ok / FAIL, published, measured, tolerance) and remembers the
+    failures; `finish()` is the script's exit code: 1 when anything did not reproduce."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+
+    def check(self, what: str, published: Any, measured: Any, tolerance: float | None = None) -> bool:
+        """Exact comparison when `tolerance` is None, else relative: |measured - published| <= tol * |published|."""
+        if tolerance is None:
+            ok, tol = measured == published, "exact"
+        else:
+            ok = measured is not None and abs(measured - published) <= tolerance * abs(published)
+            tol = f"±{tolerance:.0%}"
+        print(f"{'ok' if ok else 'FAIL':4} {what:52} published {published!s:>12}  measured {measured!s:>12}  ({tol})")
+        if not ok:
+            self.failures.append(what)
+        return ok
+
+    def finish(self, subject: str) -> int:
+        if self.failures:
+            print(f"{len(self.failures)} number(s) did not reproduce: {', '.join(self.failures)}", file=sys.stderr)
+            return 1
+        print(f"all {subject} numbers reproduce")
+        return 0
