@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from tilelli.kernels import build
 from tilelli.kernels import topk_attention as kernel
 from tilelli.pathways.attention import topk_causal_attention
 
@@ -159,9 +160,9 @@ def test_no_kernel_env_disables(monkeypatch):
 
 def test_failed_build_warns_and_falls_back(monkeypatch, tmp_path):
     monkeypatch.setenv("TILELLI_CACHE", str(tmp_path))
-    monkeypatch.setattr(kernel, "COMPILER", "no-such-compiler-tilelli")
-    monkeypatch.setattr(kernel, "_lib", None)
-    monkeypatch.setattr(kernel, "_tried", False)
+    monkeypatch.setattr(build, "COMPILER", "no-such-compiler-tilelli")
+    monkeypatch.setattr(kernel.library, "_lib", None)
+    monkeypatch.setattr(kernel.library, "_tried", False)
     with pytest.warns(UserWarning, match="no C compiler"):
         assert not kernel.available()
     assert not kernel.available()  # decided once
@@ -171,6 +172,6 @@ def test_failed_build_warns_and_falls_back(monkeypatch, tmp_path):
 
 def test_import_does_not_build():
     code = ("import tilelli.pathways.attention, tilelli.kernels.topk_attention as k; "
-            "print(k._tried, k._lib)")
+            "print(k.library._tried, k.library._lib)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "None"]

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tilelli.config import TernaryOptions
+from tilelli.kernels import causal_conv
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -218,10 +219,10 @@ class TernaryEmbedding(TernaryModule):
 
 
 class ConvCache:
-    """The last k-1 inputs of a causal conv, so one new step needs only the new input."""
+    """The last k-1 inputs of a causal conv, (B, k-1, C), so one new step needs only the new input."""
 
     def __init__(self, batch_size: int, channels: int, kernel: int, device: torch.device):
-        self.buf = torch.zeros(batch_size, channels, kernel - 1, device=device)
+        self.buf = torch.zeros(batch_size, kernel - 1, channels, device=device)
 
 
 class TernaryConv1d(TernaryModule):
@@ -235,13 +236,21 @@ class TernaryConv1d(TernaryModule):
         return ConvCache(batch_size, self.channels, self.kernel, device)
 
     def forward(self, x: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C). On the CPU in float32, the C kernel in this layout; else (or
+        inside `kernel_disabled()`) F.conv1d on the transposed input, the reference."""
         w = self.effective_weight()  # (C, 1, k)
-        xt = x.transpose(1, 2)  # (B, C, T)
+        T = x.shape[1]
         if cache is None:
-            xt = F.pad(xt, (self.kernel - 1, 0))
+            if causal_conv.applicable(x, w):
+                return causal_conv.causal_conv(x, w)  # (B, T, C), no transposes
+            xe = F.pad(x.transpose(1, 2), (self.kernel - 1, 0))  # (B, C, k-1+T)
         else:
-            xt = torch.cat([cache.buf, xt], dim=2)  # (B, C, k-1+T)
-            cache.buf = xt[:, :, xt.shape[2] - (self.kernel - 1):]
-            if x.shape[1] == 1:  # one decode step: a dot product per channel, ~3x faster than conv1d
-                return (xt * w[:, 0]).sum(-1)[:, None]  # (B, 1, C)
-        return F.conv1d(xt, w, groups=self.channels).transpose(1, 2)  # (B, T, C)
+            history = cache.buf  # (B, k-1, C)
+            xe = torch.cat([history, x], dim=1)  # (B, k-1+T, C)
+            cache.buf = xe[:, T:]  # the last k-1 inputs
+            if T == 1:  # one decode step: a dot product per channel, faster than conv1d or a kernel call
+                return (xe * w[:, 0].T).sum(1, keepdim=True)  # (B, k, C) -> (B, 1, C)
+            if causal_conv.applicable(x, w, history):
+                return causal_conv.causal_conv(x, w, history)
+            xe = xe.transpose(1, 2)  # (B, C, k-1+T)
+        return F.conv1d(xe, w, groups=self.channels).transpose(1, 2)  # (B, T, C)

@@ -8,128 +8,43 @@ backward costs O(T * top_k * d) instead of O(T^2 * d). One difference: where sev
 at the k-th score the kernel keeps exactly top_k of them (the earliest), the PyTorch path keeps
 all of them (with continuous inputs ties do not occur).
 
-The C source is compiled with `cc` the first time the kernel is needed (never at import)
-into `$TILELLI_CACHE/kernels` (default `~/.cache/tilelli/kernels`), under a name that hashes
-the source, the flags and the CPU, and loaded with ctypes. Without a compiler, or if the
-build fails, it warns once and `available()` is False: callers then use PyTorch.
-`TILELLI_NO_KERNEL=1` or `with kernel_disabled():` turns it off.
+Built on first use by `tilelli.kernels.build` (never at import); without a compiler it warns
+once and `available()` is False: callers then use PyTorch. `TILELLI_NO_KERNEL=1` or
+`with kernel_disabled():` turns it off.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import hashlib
-import os
-import platform
-import subprocess
-import tempfile
-import threading
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("topk_attention.c")
-COMPILER = "cc"
-FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
-MAX_TOP_K = 256  # MAX_TOP_K in the C source
+from tilelli.kernels.build import NativeLibrary, contiguous_rows, kernel_disabled
 
-_lib: ctypes.CDLL | None = None
-_tried = False
-_disabled = 0
-_lock = threading.Lock()
+__all__ = ["MAX_TOP_K", "applicable", "available", "kernel_disabled", "library", "topk_attention"]
+
+MAX_TOP_K = 256  # MAX_TOP_K in the C source
 
 
 class _Strides(ctypes.Structure):
     _fields_ = [("b", ctypes.c_int64), ("h", ctypes.c_int64), ("t", ctypes.c_int64)]
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("TILELLI_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "tilelli") / "kernels"
+def _declare(lib: ctypes.CDLL) -> None:
+    f, i64, s = ctypes.c_void_p, ctypes.c_int64, _Strides
+    lib.topk_attention_forward.argtypes = [f] * 6 + [i64] * 7 + [s] * 4 + [ctypes.c_int]
+    lib.topk_attention_forward.restype = None
+    lib.topk_attention_backward.argtypes = [f] * 9 + [i64] * 7 + [s] * 7 + [ctypes.c_int]
+    lib.topk_attention_backward.restype = None
 
 
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        return ""
-
-
-def library_path() -> Path:
-    """Where the build for this source, these flags and this kind of CPU lives."""
-    key = "\0".join([SOURCE.read_text(), COMPILER, *FLAGS, platform.machine(), _cpu_flags()])
-    return cache_dir() / f"topk_attention-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
-
-
-def _build(path: Path) -> None:
-    """Compile into a temporary file next to `path`, then rename: concurrent builds are safe."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-    os.close(fd)
-    try:
-        proc = subprocess.run([COMPILER, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True)
-        if proc.returncode != 0:
-            lines = proc.stderr.splitlines()
-            first = next((ln for ln in lines if "error" in ln), lines[0] if lines else f"exit {proc.returncode}")
-            raise RuntimeError(first.strip())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-
-
-def _load() -> ctypes.CDLL | None:
-    global _lib, _tried
-    if _tried:
-        return _lib
-    with _lock:
-        if not _tried:
-            _tried = True
-            try:
-                path = library_path()
-                if not path.exists():
-                    _build(path)
-                lib = ctypes.CDLL(str(path))
-                f, i64, s = ctypes.c_void_p, ctypes.c_int64, _Strides
-                lib.topk_attention_forward.argtypes = [f] * 6 + [i64] * 7 + [s] * 4 + [ctypes.c_int]
-                lib.topk_attention_forward.restype = None
-                lib.topk_attention_backward.argtypes = [f] * 9 + [i64] * 7 + [s] * 7 + [ctypes.c_int]
-                lib.topk_attention_backward.restype = None
-                _lib = lib
-            except FileNotFoundError:
-                warnings.warn(f"no C compiler '{COMPILER}': top-k attention uses the PyTorch path", stacklevel=3)
-            except (OSError, RuntimeError) as e:
-                warnings.warn(f"top-k attention kernel unavailable ({e}); using the PyTorch path", stacklevel=3)
-    return _lib
-
-
-def _library() -> ctypes.CDLL:
-    lib = _load()
-    if lib is None:
-        raise RuntimeError("the top-k attention kernel could not be built; check available() first")
-    return lib
+library = NativeLibrary("topk_attention", Path(__file__).with_name("topk_attention.c"), _declare, "top-k attention")
 
 
 def available() -> bool:
     """True when the kernel is enabled and built (building it now if needed)."""
-    if _disabled or os.environ.get("TILELLI_NO_KERNEL", "") not in ("", "0"):
-        return False
-    return _load() is not None
-
-
-@contextlib.contextmanager
-def kernel_disabled() -> Iterator[None]:
-    """Use the PyTorch path inside this block (the reference in tests and benchmarks)."""
-    global _disabled
-    _disabled += 1
-    try:
-        yield
-    finally:
-        _disabled -= 1
+    return library.available()
 
 
 def applicable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, top_k: int, offset: int) -> bool:
@@ -137,11 +52,6 @@ def applicable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, top_k: int, of
     return (0 < top_k < k.shape[2] and top_k <= MAX_TOP_K and k.shape[2] == offset + q.shape[2]
             and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (q, k, v))
             and available())
-
-
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """`t` itself when its feature dimension is contiguous, else a contiguous copy."""
-    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
 
 def _strides(t: torch.Tensor) -> _Strides:
@@ -159,7 +69,7 @@ def _forward(q, k, v, top_k: int, offset: int, save: bool):
     y = _empty_bthd(B, H, Tq, dv)
     idx = torch.empty(B * H, Tq, top_k, dtype=torch.int32) if save else None
     p = torch.empty(B * H, Tq, top_k) if save else None
-    _library().topk_attention_forward(
+    library.get().topk_attention_forward(
         q.data_ptr(), k.data_ptr(), v.data_ptr(), y.data_ptr(),
         idx.data_ptr() if save else None, p.data_ptr() if save else None,
         B, H, Tq, dk, dv, top_k, offset, _strides(q), _strides(k), _strides(v), _strides(y),
@@ -178,13 +88,13 @@ class _TopKAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         q, k, v, idx, p = ctx.saved_tensors
-        dy = _rows(dy)
+        dy = contiguous_rows(dy)
         B, H, Tq, dk = q.shape
         Tk, dv = v.shape[2], v.shape[3]
         dq = _empty_bthd(B, H, Tq, dk)
         dk_ = _empty_bthd(B, H, Tk, dk)
         dv_ = _empty_bthd(B, H, Tk, dv)
-        _library().topk_attention_backward(
+        library.get().topk_attention_backward(
             q.data_ptr(), k.data_ptr(), v.data_ptr(), dy.data_ptr(), idx.data_ptr(), p.data_ptr(),
             dq.data_ptr(), dk_.data_ptr(), dv_.data_ptr(), B, H, Tq, Tk, dk, dv, ctx.top_k,
             _strides(q), _strides(k), _strides(v), _strides(dy), _strides(dq), _strides(dk_), _strides(dv_),
@@ -203,7 +113,7 @@ def topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, top_k: int
         raise ValueError(f"topk_attention needs 4-d float32 CPU tensors with Tk = offset + Tq and "
                          f"0 < top_k <= {MAX_TOP_K}; got q {tuple(q.shape)} {q.dtype} {q.device}, k {tuple(k.shape)}, "
                          f"v {tuple(v.shape)}, top_k={top_k}, offset={offset}; use topk_causal_attention instead")
-    q, k, v = _rows(q), _rows(k), _rows(v)
+    q, k, v = contiguous_rows(q), contiguous_rows(k), contiguous_rows(v)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return _TopKAttention.apply(q, k, v, top_k, offset)
     return _forward(q, k, v, top_k, offset, save=False)[0]

@@ -1,0 +1,132 @@
+"""Build and load the native kernels: one C file each, compiled with `cc` on first use.
+
+A kernel module declares `library = NativeLibrary(name, source, declare, what)` and asks
+`library.available()` before each use (never at import). The first time, the source is compiled
+into `$TILELLI_CACHE/kernels` (default `~/.cache/tilelli/kernels`) under a name that hashes the
+source, the compiler, the flags and the CPU, into a temporary file renamed into place (so
+concurrent builds are safe), and loaded with ctypes; `declare(lib)` sets the signatures.
+Without a compiler, or if the build fails, it warns once and `available()` stays False:
+callers then use PyTorch. `TILELLI_NO_KERNEL=1` or `with kernel_disabled():` turns every
+kernel off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+COMPILER = "cc"
+# IEEE arithmetic (no -ffast-math); `omp simd` reductions may reorder sums, contraction may fuse.
+FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
+
+_disabled = 0
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TILELLI_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "tilelli") / "kernels"
+
+
+def enabled() -> bool:
+    """False inside `kernel_disabled()` or with TILELLI_NO_KERNEL set (to anything but 0)."""
+    return not _disabled and os.environ.get("TILELLI_NO_KERNEL", "") in ("", "0")
+
+
+@contextlib.contextmanager
+def kernel_disabled() -> Iterator[None]:
+    """Use the PyTorch paths inside this block (the reference in tests and benchmarks)."""
+    global _disabled
+    _disabled += 1
+    try:
+        yield
+    finally:
+        _disabled -= 1
+
+
+def contiguous_rows(t: torch.Tensor) -> torch.Tensor:
+    """`t` itself when its last dimension is contiguous, else a contiguous copy."""
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return ""
+
+
+class NativeLibrary:
+    """One C source, built and loaded on first use; `declare(lib)` sets the ctypes signatures.
+
+    `what` names the kernel in warnings ("top-k attention").
+    """
+
+    def __init__(self, name: str, source: Path, declare: Callable[[ctypes.CDLL], None], what: str):
+        self.name, self.source, self.declare, self.what = name, source, declare, what
+        self._lib: ctypes.CDLL | None = None
+        self._tried = False
+        self._lock = threading.Lock()
+
+    def path(self) -> Path:
+        """Where the build for this source, compiler, flags and kind of CPU lives."""
+        key = "\0".join([self.source.read_text(), COMPILER, *FLAGS, platform.machine(), _cpu_flags()])
+        return cache_dir() / f"{self.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+
+    def _build(self, path: Path) -> None:
+        """Compile into a temporary file next to `path`, then rename: concurrent builds are safe."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+        os.close(fd)
+        try:
+            proc = subprocess.run([COMPILER, *FLAGS, "-o", tmp, str(self.source), "-lm"],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                lines = proc.stderr.splitlines()
+                first = next((ln for ln in lines if "error" in ln), lines[0] if lines else f"exit {proc.returncode}")
+                raise RuntimeError(first.strip())
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+
+    def load(self) -> ctypes.CDLL | None:
+        """The loaded library, building it the first time; None (after one warning) if that fails."""
+        if self._tried:
+            return self._lib
+        with self._lock:
+            if not self._tried:
+                self._tried = True
+                try:
+                    path = self.path()
+                    if not path.exists():
+                        self._build(path)
+                    lib = ctypes.CDLL(str(path))
+                    self.declare(lib)
+                    self._lib = lib
+                except FileNotFoundError:
+                    warnings.warn(f"no C compiler '{COMPILER}': {self.what} uses the PyTorch path", stacklevel=4)
+                except (OSError, RuntimeError, AttributeError) as e:
+                    warnings.warn(f"{self.what} kernel unavailable ({e}); using the PyTorch path", stacklevel=4)
+        return self._lib
+
+    def get(self) -> ctypes.CDLL:
+        lib = self.load()
+        if lib is None:
+            raise RuntimeError(f"the {self.what} kernel could not be built; check available() first")
+        return lib
+
+    def available(self) -> bool:
+        """True when kernels are enabled and this one is built (building it now if needed)."""
+        return enabled() and self.load() is not None
