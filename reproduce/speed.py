@@ -1,5 +1,5 @@
 """Re-check the speed numbers the README quotes (benchmarks/results/train_speed.json,
-topk_attention.json, causal_conv.json) by re-running both benchmarks into a temporary folder.
+topk_attention.json, causal_conv.json) by re-running the three benchmarks into a temporary folder.
 
 Ratios measured in one process are what we claim, so they get the tight tolerance:
   - training tokens/s of each config relative to vanilla-fp32: within 10 % (relative)
