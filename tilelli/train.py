@@ -226,7 +226,7 @@ def git_state() -> dict[str, Any]:
     """Commit and dirty flag of the code that runs (None for both outside a git checkout)."""
     if _git("rev-parse", "--is-inside-work-tree") != "true":
         return {"commit": None, "dirty": None}
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    status = _git("status", "--porcelain")  # untracked, not ignored files count: they can be code
     return {"commit": _git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
 
 
