@@ -20,7 +20,8 @@ class Checker:
         else:
             ok = measured is not None and abs(measured - published) <= tolerance * abs(published)
             tol = f"±{tolerance:.0%}"
-        print(f"{'ok' if ok else 'FAIL':4} {what:52} published {published!s:>12}  measured {measured!s:>12}  ({tol})")
+        pub, got = (f"{v:.4g}" if isinstance(v, float) else str(v) for v in (published, measured))
+        print(f"{'ok' if ok else 'FAIL':4} {what:52} published {pub:>10}  measured {got:>10}  ({tol})")
         if not ok:
             self.failures.append(what)
         return ok
