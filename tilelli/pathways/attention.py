@@ -4,8 +4,11 @@ Per query, only the `top_k` highest-scoring visible positions (itself included) 
 weight; early positions with fewer than `top_k` visible keys use all of them. `top_k=0`
 gives ordinary dense causal attention (the vanilla baseline uses the same module).
 
-Efficient rather than literal: the top-k selection is computed once without autograd from
-the raw scores, turned into a boolean mask, and the attention itself runs in PyTorch's fused
+Efficient rather than literal. On the CPU a C kernel (tilelli/kernels/topk_attention.c)
+does it without ever forming the (T, T) scores, and its backward touches only the top_k kept
+keys per query. Elsewhere (GPU, no compiler, TILELLI_NO_KERNEL=1) the PyTorch path below is
+used: the top-k selection is computed once without autograd from the raw scores, turned into
+an additive mask, and the attention itself runs in PyTorch's fused
 `scaled_dot_product_attention`. The gradient is the same as that of the literal
 "mask the scores, softmax, weight the values" (the selection is piecewise constant), but the
 (B, H, T, T) softmax and its backward never go through Python-level tensor ops.
