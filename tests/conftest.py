@@ -26,6 +26,16 @@ def tiny(name: str, **overrides) -> ModelConfig:
     return base.replace(**shape)
 
 
+def outputs_and_grads(fn, leaves, *args):
+    """fn(*args) and the gradients of a fixed random projection of it w.r.t. `leaves`."""
+    for t in leaves:
+        t.grad = None
+    y = fn(*args)
+    torch.manual_seed(123)
+    y.backward(torch.randn(y.shape))
+    return y.detach(), [t.grad.clone() for t in leaves]
+
+
 @pytest.fixture(params=list_configs())
 def config_name(request) -> str:
     return request.param

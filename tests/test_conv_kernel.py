@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import outputs_and_grads
 
 from tilelli.config import TernaryOptions
 from tilelli.kernels import causal_conv as kernel
@@ -20,16 +21,6 @@ def reference(x, w, history=None):
     xt = x.transpose(1, 2)  # (B, C, T)
     xt = F.pad(xt, (w.shape[-1] - 1, 0)) if history is None else torch.cat([history.transpose(1, 2), xt], 2)
     return F.conv1d(xt, w, groups=w.shape[0]).transpose(1, 2)
-
-
-def outputs_and_grads(fn, leaves, *args):
-    """fn(*args) and the gradients of a fixed random projection of it w.r.t. `leaves`."""
-    for t in leaves:
-        t.grad = None
-    y = fn(*args)
-    torch.manual_seed(123)
-    y.backward(torch.randn(y.shape))
-    return y.detach(), [t.grad.clone() for t in leaves]
 
 
 def assert_close(a, b, tol=1e-5):

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from conftest import outputs_and_grads
 
 from tilelli.kernels import build
 from tilelli.kernels import topk_attention as kernel
@@ -16,16 +17,6 @@ needs_kernel = pytest.mark.skipif(not kernel.available(), reason="top-k kernel u
 def reference(q, k, v, top_k, offset=0):
     with kernel.kernel_disabled():
         return topk_causal_attention(q, k, v, top_k, offset)
-
-
-def outputs_and_grads(fn, leaves, *args):
-    """fn(*args) and the gradients of a fixed random projection of it w.r.t. `leaves`."""
-    for t in leaves:
-        t.grad = None
-    y = fn(*args)
-    torch.manual_seed(123)
-    y.backward(torch.randn(y.shape))
-    return y.detach(), [t.grad.clone() for t in leaves]
 
 
 def assert_close(a, b):
