@@ -120,6 +120,21 @@ def test_packed_file_is_much_smaller(tmp_path):
     assert torch.equal(_logits(checkpoint.load(tmp_path / "fp")), _logits(model))
 
 
+def test_bf16_checkpoint_halves_the_file_and_loads_as_fp32(tmp_path):
+    model = _model("tilelli-lite-fp32", d_model=64)
+    checkpoint.save(model, tmp_path / "fp")
+    checkpoint.save(model, tmp_path / "bf", bf16=True)
+    fp, bf = ((tmp_path / d / "model.safetensors").stat().st_size for d in ("fp", "bf"))
+    assert bf < 0.52 * fp, (bf, fp)
+    assert checkpoint.read_config(tmp_path / "bf")["weights_dtype"] == "bfloat16"
+    loaded = tilelli.load(tmp_path / "bf")
+    for (name, p), q in zip(loaded.state_dict().items(), model.state_dict().values(), strict=True):
+        assert p.dtype == q.dtype and torch.equal(p, q.to(torch.bfloat16).to(q.dtype)), name
+    assert torch.allclose(_logits(loaded), _logits(model), atol=0.1)
+    with pytest.raises(TilelliError, match="bf16 applies to unpacked"):
+        checkpoint.save(_model("tilelli-lite-ternary", quantize=True), tmp_path / "p", packed=True, bf16=True)
+
+
 def test_packing_a_small_model_is_quick(tmp_path):
     model = _model("tilelli-lite-ternary", d_model=256, n_layers=4, n_heads=8)
     t0 = time.perf_counter()

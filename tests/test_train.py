@@ -241,3 +241,27 @@ def test_full_disk_during_checkpoint_keeps_the_previous_one(data_dir, tmp_path, 
     monkeypatch.setattr(torch, "save", real_save)
     assert main([*args, "--resume"]) == 0  # and the run continues from it
     assert [r["step"] for r in read_metrics(out)[0]] == [1, 2, 3, 4]
+
+
+def test_init_from_fp32_checkpoint_is_quantization_aware_fine_tuning(data_dir, tmp_path, capsys):
+    """The "same checkpoint twice": FP32 weights continued with quantize=True start exactly
+    from the FP32 weights, with a fresh optimizer and schedule; another architecture is refused."""
+    fp32 = tmp_path / "fp32"
+    assert main(train_args(data_dir, fp32, "--steps", "4", "--eval-every", "0")) == 0
+    source = tilelli.load(fp32)
+    qat = tmp_path / "qat"
+    cfg = TrainConfig(model="tilelli-lite-ternary", overrides=TINY, data=str(data_dir), out=str(qat), steps=1,
+                      batch_size=4, seq_len=32, lr=1e-9, warmup=0, eval_every=0, init_from=str(fp32), quiet=True)
+    trainer = Trainer(cfg)
+    trainer.setup()
+    try:
+        assert trainer.raw_model.config.ternary.quantize and trainer.step == 0
+        for (name, a), b in zip(trainer.raw_model.state_dict().items(), source.state_dict().values(), strict=True):
+            assert torch.equal(a, b), name
+        trainer.train()
+    finally:
+        trainer.cleanup()
+    assert json.loads((qat / "run.json").read_text())["train"]["init_from"] == str(fp32)
+    assert main(train_args(data_dir, tmp_path / "wide", "--steps", "1", "--init-from", str(fp32),
+                           "--override", "d_model=64")) == 2
+    assert "another architecture" in error_line(capsys) and not list_checkpoints(tmp_path / "wide")

@@ -41,7 +41,10 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 _META_SHAPES = "tilelli.packed_shapes"  # safetensors metadata: JSON {prefix: weight shape}
 _META_ALIASES = "tilelli.aliases"  # JSON {name: name it shares storage with}
-_RESERVED = ("format", "format_version", "packed", "model", "params", "ternary_weights",
+# checkpoints that ship with the repository; `tilelli generate` without --checkpoint uses DEFAULT_MODEL
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
+DEFAULT_MODEL = "tilelli-lite-ternary"
+_RESERVED = ("format", "format_version", "packed", "weights_dtype", "model", "params", "ternary_weights",
              "packed_bytes", "bits_per_weight", "file_bytes")
 # tensors a TernaryModule owns itself; a packed checkpoint replaces them by .trits / .scale
 _TERNARY_OWN = ("weight", "scale", "packed_trits", "packed_scale")
@@ -50,10 +53,13 @@ _TERNARY_OWN = ("weight", "scale", "packed_trits", "packed_scale")
 # --- save -------------------------------------------------------------------------------
 
 def save(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None,
-         packed: bool = False) -> Path:
+         packed: bool = False, bf16: bool = False) -> Path:
     """Write `model` to the directory `path` (created if needed); returns the directory.
 
     `packed=True` stores the quantized layers as trits (only for a ternary config).
+    `bf16=True` stores the floating-point tensors of an unpacked checkpoint in bfloat16, half
+    the bytes; loading casts them back to FP32 (`tilelli export --bf16` measures what that
+    costs in bits per byte before it ships such a file).
     `extra` is JSON-serialisable metadata (step, command line, git hash, ...) added to
     config.json. Each file is written to a temporary name and then renamed into place.
     """
@@ -61,6 +67,8 @@ def save(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None
     if packed and not config.ternary.quantize:
         raise TilelliError("packed export needs a ternary model (config ternary.quantize=True); "
                            "this model is FP32 — save it with packed=False")
+    if packed and bf16:
+        raise TilelliError("bf16 applies to unpacked checkpoints; a packed one keeps its few FP32 tensors exact")
     if not packed and _packed_modules(model, loaded_only=True):
         raise TilelliError("this model was loaded from a packed checkpoint and has no FP32 latent "
                            "weights left; save it with packed=True")
@@ -70,12 +78,15 @@ def save(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None
         raise ValueError(f"extra metadata may not set {clash}: checkpoint.save writes those itself")
 
     tensors, metadata, stats = _packed_state(model) if packed else (_plain_state(model), {}, {})
-    tensors, aliases = _dedupe(tensors)
+    tensors, aliases = _dedupe(tensors)  # before any cast, which would hide shared storage
+    if bf16:
+        tensors = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tensors.items()}
     if aliases:
         metadata[_META_ALIASES] = json.dumps(aliases)
     blob = safetensors_bytes(tensors, metadata=metadata or None)
     params = model.num_params() if hasattr(model, "num_params") else _count_params(model)
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "packed": bool(packed),
+              "weights_dtype": "bfloat16" if bf16 else "float32",
               "model": config.to_dict(), "params": int(params), **stats,
               "file_bytes": len(blob), **extra}
     text = json.dumps(header, indent=2) + "\n"  # fails here, before anything is written
@@ -169,7 +180,7 @@ def _write_atomic(target: Path, data: bytes) -> None:
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """The checked contents of a checkpoint's config.json (format and version verified)."""
-    ckpt = _checkpoint_dir(path)
+    ckpt = checkpoint_dir(path)
     cfg_path = ckpt / CONFIG_FILE
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
@@ -197,7 +208,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     `path/model.safetensors` (FP32 or packed) on `device`, in eval mode."""
     from tilelli.models import build_model  # models import the pathways; keep this module light
 
-    ckpt = _checkpoint_dir(path)
+    ckpt = checkpoint_dir(path)
     cfg = read_config(ckpt)
     try:
         config = ModelConfig.from_dict(cfg["model"])
@@ -220,7 +231,19 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     return model.to(device).eval()
 
 
-def _checkpoint_dir(path: str | os.PathLike) -> Path:
+def default_checkpoint() -> Path:
+    """$TILELLI_CHECKPOINT if set, else the shipped Lite ternary model of a repository checkout."""
+    env = os.environ.get("TILELLI_CHECKPOINT")
+    path = Path(env) if env else SHIPPED_DIR / DEFAULT_MODEL
+    if not env and not (path / CONFIG_FILE).is_file():
+        raise TilelliError(f"no --checkpoint given and the shipped model is not at {path} (it comes with a clone "
+                           "of the repository, installed with pip install -e .); pass --checkpoint DIR")
+    return path
+
+
+def checkpoint_dir(path: str | os.PathLike) -> Path:
+    """The checkpoint directory `path` names: itself, the directory of a file inside it, or a
+    training run's newest checkpoint; a clear error when there is none."""
     path = Path(path)
     if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE):
         path = path.parent  # the user pointed at a file inside the checkpoint: fine

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("tilelli.commands.prepare", "pack raw text (txt, jsonl, TinyStories) into train.bin / valid.bin"),
     "train": ("tilelli.commands.train", "train any named config (CPU, GPU, or several GPUs via torchrun)"),
     "eval": ("tilelli.commands.eval", "bits per byte of a checkpoint on a file, with a bootstrap confidence interval"),
+    "export": ("tilelli.commands.export", "a checkpoint to ship: packed trits or bf16, plus its run records"),
     "plot": ("tilelli.commands.plot", "overlay training curves of one or more runs into a PNG"),
 }
 

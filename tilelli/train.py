@@ -89,6 +89,7 @@ class TrainConfig:
     ckpt_every: int = 500
     keep_last: int = 2
     resume: bool = False
+    init_from: str = ""  # start from this checkpoint's weights (fresh optimizer and schedule)
     quiet: bool = False  # no progress bar or messages (smoke runs, tests)
 
     def __post_init__(self) -> None:
@@ -399,6 +400,7 @@ class Trainer:
             raise TilelliError(f"{self.out} already holds a run (checkpoint {existing[-1].name}); "
                                "add --resume to continue it or choose another --out")
         self.resume_from = existing[-1] if cfg.resume else None
+        self.init_ckpt = checkpoint.checkpoint_dir(cfg.init_from) if cfg.init_from else None
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -413,6 +415,8 @@ class Trainer:
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.raw_model = build_model(self.model_cfg).to(self.device)
+        if self.init_ckpt is not None and self.resume_from is None:
+            self._init_weights(self.init_ckpt)
         self.groups = grad_groups(self.raw_model)
         self.optimizers = build_optimizers(self.raw_model, cfg.optimizer, cfg.lr, cfg.weight_decay,
                                            fused=self.device.type == "cuda")
@@ -457,6 +461,22 @@ class Trainer:
         self.last_valid = state["last_valid"]
         self.last_checkpoint = ckpt
         return state["metrics_bytes"]
+
+    def _init_weights(self, ckpt: Path) -> None:
+        """Copy the weights of `ckpt` into the new model. The architectures must match; the
+        ternary options may differ, so an FP32 checkpoint continued with `quantize=True` is
+        quantization-aware fine-tuning of the same weights."""
+        source = ModelConfig.from_dict(checkpoint.read_config(ckpt)["model"])
+        diff = _config_diff(source.replace(ternary=self.model_cfg.ternary).to_dict(), self.model_cfg.to_dict())
+        if diff:
+            raise TilelliError(f"--init-from {ckpt} has another architecture than {self.cfg.model} "
+                               f"({'; '.join(diff)}); only the ternary options may differ")
+        try:
+            self.raw_model.load_state_dict(checkpoint.load(ckpt).state_dict())
+        except RuntimeError as e:  # e.g. a packed source (no latent weights) or an LSQ scale on one side
+            first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+            raise TilelliError(f"--init-from {ckpt}: its weights do not fit {self.cfg.model} ({first}); "
+                               "start from an unpacked checkpoint with the same ternary scale options") from None
 
     def _resume_key(self) -> dict[str, Any]:
         """Settings that must not change across a resume, or it would not continue the same run."""

@@ -18,7 +18,9 @@ def _positive_int(s: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint or training run directory (default: the shipped tilelli-lite-ternary, "
+                             "or $TILELLI_CHECKPOINT)")
     parser.add_argument("--data", required=True,
                         help="a file of raw bytes (any text file, or a .bin), or a prepared data dir (its valid.bin)")
     parser.add_argument("--seq-len", type=_positive_int, default=256,
@@ -35,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from tilelli.checkpoint import load
+    from tilelli.checkpoint import default_checkpoint, load
     from tilelli.evaluate import bootstrap_ci, window_losses
 
     data = Path(args.data)
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         raise TilelliError(f"{data} is not a file; give a text/.bin file or a data dir holding valid.bin")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load(args.checkpoint)
+    model = load(args.checkpoint or default_checkpoint())
     if args.seq_len > model.config.max_seq_len:
         raise TilelliError(f"--seq-len {args.seq_len} exceeds the model's context {model.config.max_seq_len}")
     max_batches = None

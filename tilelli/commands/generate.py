@@ -24,7 +24,9 @@ def _non_negative_float(s: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (config.json + model.safetensors)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint or training run directory (default: the shipped tilelli-lite-ternary, "
+                             "or $TILELLI_CHECKPOINT)")
     parser.add_argument("--prompt", help="prompt text; without it the prompt is read from stdin (UTF-8)")
     parser.add_argument("--max-new-tokens", type=_non_negative_int, default=256, help="bytes to generate (default 256)")
     parser.add_argument("--temperature", type=_non_negative_float, default=0.8, help="0 = greedy (default 0.8)")
@@ -62,7 +64,7 @@ def _shade(prob: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tilelli.checkpoint import load
+    from tilelli.checkpoint import default_checkpoint, load
     from tilelli.generate import SamplingConfig, stream
 
     prompt = _read_prompt(args)
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    model = load(args.checkpoint)
+    model = load(args.checkpoint or default_checkpoint())
     gen = stream(model, prompt, cfg)
     out = sys.stdout.buffer
     colour = args.show_confidence and sys.stdout.isatty() and not args.json

@@ -54,6 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--resume", action="store_true",
         help="continue from the newest checkpoint in --out (same model, optimizer, global batch and "
              "seq-len; a larger --steps extends the schedule)")
+    add("--init-from", default="", metavar="CHECKPOINT",
+        help="start from the weights of this checkpoint or run dir, with a fresh optimizer and schedule; "
+             "the architecture must match, ternary options may differ (FP32 -> ternary = quantization-aware "
+             "fine-tuning)")
     add("--smoke", action="store_true",
         help="5 steps of every named config on a built-in sample; fails if any pathway gets no gradient")
 

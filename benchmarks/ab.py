@@ -1,0 +1,160 @@
+"""The A/B of Lite vs vanilla and FP32 vs ternary, from the runs of experiments/ab_runs.py.
+
+Reads each run's metrics.jsonl and run.json (the copies under benchmarks/results/runs/, or a
+live runs dir with --runs) and writes benchmarks/results/ab.json and ab.md:
+  - the learning-rate / optimizer sweep of Lite FP32 and vanilla (same short protocol);
+  - the seeds at each model's best sweep setting, and Welch's t-test of Lite minus vanilla
+    with the difference's 95 % CI and Hedges' g;
+  - the short parent-block runs next to Lite at the same setting;
+  - the long runs: valid bpb at each validation, the step chosen, and the ternary gaps
+    (from-scratch ternary and the quantization-aware twin, both against Lite FP32).
+All valid bpb here are on the same first EVAL_BYTES of the valid slice that training validates
+on; the shipped checkpoints' whole-slice numbers are in quality.md.
+
+    python benchmarks/ab.py --runs runs/ab --collect   # copy the run records, then tabulate
+    python benchmarks/ab.py                            # tabulate the committed copies
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+from ab_runs import LITE, SEEDS, SWEEP, VANILLA, sweep_name  # noqa: E402
+
+from tilelli.runs import METRICS_FILE, RUN_FILE, read_metrics  # noqa: E402
+from tilelli.stats import welch  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+RUN_COPIES = RESULTS / "runs"
+MAINS = {"lite_fp32": f"main-{LITE}", "vanilla": f"main-{VANILLA}", "lite_ternary": "main-tilelli-lite-ternary",
+         "lite_ternary_qat": "qat-tilelli-lite-ternary"}
+PARENTS = ("tilelli-fp32", "tilelli-ternary")
+
+
+def record(run_dir: Path) -> dict | None:
+    """What one finished run contributes: setting, final and per-validation valid bpb, tokens."""
+    if not (run_dir / METRICS_FILE).is_file():
+        return None
+    train, valid = read_metrics(run_dir)
+    info = json.loads((run_dir / RUN_FILE).read_text())
+    cfg = info["train"]
+    if not valid or valid[-1]["step"] != cfg["steps"] or train[-1]["step"] != cfg["steps"]:
+        return None  # unfinished
+    best = min(valid, key=lambda r: r["valid_bpb"])
+    return {"run": run_dir.name, "model": cfg["model"], "optimizer": cfg["optimizer"], "lr": cfg["lr"],
+            "seed": cfg["seed"], "steps": cfg["steps"], "tokens": train[-1]["tokens"],
+            "final_valid_bpb": valid[-1]["valid_bpb"], "best_step": best["step"], "best_valid_bpb": best["valid_bpb"],
+            "valid_curve": [[r["step"], r["valid_bpb"]] for r in valid],
+            "eval_bytes": cfg["eval_batches"] * cfg["batch_size"] * cfg["seq_len"],
+            "machine": info["machine"]["processor"], "git": info["git"]["commit"]}
+
+
+def analyse(runs: Path) -> dict:
+    def get(name: str) -> dict | None:
+        return record(runs / name)
+
+    out: dict = {"sweep": {}, "seeds": {}, "parents": {}, "mains": {}}
+    best: dict[str, tuple[str, float]] = {}
+    for model in (LITE, VANILLA):
+        rows = {f"{opt} {lr:g}": get(sweep_name(model, opt, lr)) for opt, lr in SWEEP}
+        out["sweep"][model] = rows
+        done = {k: r for k, r in rows.items() if r}
+        if len(done) == len(rows):
+            key = min(done, key=lambda k: done[k]["final_valid_bpb"])
+            best[model] = (done[key]["optimizer"], done[key]["lr"])
+            seeds = [get(sweep_name(model, *best[model], s)) for s in (0, *SEEDS)]
+            out["seeds"][model] = {"setting": key, "runs": seeds}
+    seed_values = {m: [r["final_valid_bpb"] for r in s["runs"] if r] for m, s in out["seeds"].items()}
+    if all(len(seed_values.get(m, [])) == 1 + len(SEEDS) for m in (LITE, VANILLA)):
+        out["welch_lite_minus_vanilla"] = welch(seed_values[LITE], seed_values[VANILLA]).to_dict()
+    if LITE in best:
+        out["parents"] = {m: get(sweep_name(m, *best[LITE])) for m in (LITE, *PARENTS)}
+    mains = {k: get(v) for k, v in MAINS.items()}
+    out["mains"] = mains
+    base = mains["lite_fp32"]
+    for key in ("lite_ternary", "lite_ternary_qat"):
+        if base and mains[key]:
+            gap = mains[key]["best_valid_bpb"] / base["best_valid_bpb"] - 1
+            out[f"gap_{key}_vs_lite_fp32"] = gap
+    if base and mains["vanilla"]:
+        out["main_lite_minus_vanilla"] = base["best_valid_bpb"] - mains["vanilla"]["best_valid_bpb"]
+    return out
+
+
+def _bpb(r: dict | None, key: str = "final_valid_bpb") -> str:
+    return f"{r[key]:.4f}" if r else "not run"
+
+
+def markdown(a: dict) -> str:
+    lines = ["### Learning-rate and optimizer sweep (200 steps × 16 × 256 bytes, seed 0; valid bpb)", "",
+             "| setting | " + " | ".join(f"`{m}`" for m in a["sweep"]) + " |",
+             "|---|" + "---:|" * len(a["sweep"])]
+    settings = next(iter(a["sweep"].values()), {})
+    for s in settings:
+        lines.append(f"| {s} | " + " | ".join(_bpb(a["sweep"][m][s]) for m in a["sweep"]) + " |")
+    if a["seeds"]:
+        lines += ["", "### Seeds at each model's best setting (valid bpb)", "",
+                  "| model | setting | " + " | ".join(f"seed {s}" for s in (0, *SEEDS)) + " | mean ± sd |",
+                  "|---|---|" + "---:|" * (len(SEEDS) + 2)]
+        for m, s in a["seeds"].items():
+            vals = [r["final_valid_bpb"] for r in s["runs"] if r]
+            mean = sum(vals) / len(vals)
+            sd = (sum((v - mean) ** 2 for v in vals) / max(len(vals) - 1, 1)) ** 0.5
+            lines.append(f"| `{m}` | {s['setting']} | " + " | ".join(_bpb(r) for r in s["runs"])
+                         + f" | {mean:.4f} ± {sd:.4f} |")
+    if "welch_lite_minus_vanilla" in a:
+        w = a["welch_lite_minus_vanilla"]
+        lines += ["", f"**Welch's t-test, Lite minus vanilla** ({w['n_a']} vs {w['n_b']} seeds): difference "
+                  f"{w['diff']:+.4f} bpb (95 % CI {w['diff_ci'][0]:+.4f} to {w['diff_ci'][1]:+.4f}), "
+                  f"t = {w['t']:.2f}, df = {w['df']:.1f}, p = {w['p']:.2g}; Hedges' g = {w['hedges_g']:.2f} "
+                  f"(95 % CI {w['hedges_g_ci'][0]:.2f} to {w['hedges_g_ci'][1]:.2f}). Negative = Lite lower (better)."]
+    if a["parents"]:
+        lines += ["", "### Parent blocks, same short protocol and setting as Lite's best (valid bpb)", "",
+                  "| model | valid bpb |", "|---|---:|"]
+        lines += [f"| `{m}` | {_bpb(r)} |" for m, r in a["parents"].items()]
+    if any(a["mains"].values()):
+        lines += ["", "### Long runs (valid bpb at each validation; the best step is the one that ships)", "",
+                  "| run | setting | steps | tokens | best step | best valid bpb |", "|---|---|---:|---:|---:|---:|"]
+        for r in a["mains"].values():
+            if r:
+                lines.append(f"| `{r['run']}` | {r['optimizer']} {r['lr']:g} | {r['steps']} | "
+                             f"{r['tokens'] / 1e6:.2f} M | {r['best_step']} | {r['best_valid_bpb']:.4f} |")
+    for key, label in (("gap_lite_ternary_vs_lite_fp32", "Lite ternary from scratch"),
+                       ("gap_lite_ternary_qat_vs_lite_fp32", "Lite FP32 → ternary twin (QAT)")):
+        if key in a:
+            lines.append(f"\n**Ternary gap, {label} vs Lite FP32:** {a[key]:+.2%} valid bpb.")
+    return "\n".join(lines) + "\n"
+
+
+def collect(runs: Path) -> None:
+    """Copy every run's run.json and metrics.jsonl (not its checkpoints) into RUN_COPIES."""
+    for run in sorted(p for p in runs.iterdir() if (p / RUN_FILE).is_file()):
+        dest = RUN_COPIES / run.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in (RUN_FILE, METRICS_FILE):
+            shutil.copy2(run / name, dest / name)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=Path, default=RUN_COPIES, help="run directories (default: the committed copies)")
+    ap.add_argument("--collect", action="store_true", help=f"first copy the runs' records into {RUN_COPIES}")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    if args.collect:
+        collect(args.runs)
+    result = analyse(RUN_COPIES if args.collect else args.runs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ab.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "ab.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

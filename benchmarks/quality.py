@@ -1,0 +1,112 @@
+"""Quality of the shipped checkpoints: bits per byte in domain and out of domain.
+
+For every checkpoint under checkpoints/ it records parameters, how the weights are stored
+(bits per weight, file KB), valid bpb on the whole TinyStories valid slice with a window
+bootstrap 95 % CI, bpb on the first OOD_BYTES of each out-of-domain text in ../shared/data/ood/,
+and what the model saw in training (tokens, epochs of the train slices). The data is
+re-prepared from ../shared/data with `tilelli prepare` and must hash to what the runs
+recorded, so the numbers are about the same bytes. Writes benchmarks/results/quality.json and .md.
+
+    python benchmarks/quality.py            # ~15 min on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+
+from tilelli.checkpoint import SHIPPED_DIR, load, read_config
+from tilelli.evaluate import bootstrap_ci, window_losses
+from tilelli.prepare import prepare
+
+RESULTS = Path(__file__).parent / "results"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+TRAIN_FILES = ["tinystories/TinyStories-train.head2MiB.txt", "tinystories/TinyStoriesV2-GPT4-train.head10k-lines.txt"]
+VALID_FILE = "tinystories/TinyStories-valid.head800KB.no-story-delims.txt"
+OOD_FILES = {"shakespeare": "ood/tinyshakespeare.txt", "wikitext2": "ood/wikitext2.test.tokens.txt"}
+OOD_BYTES = 256 * 1024
+BATCH, SEQ = 16, 256
+
+
+def prepared_data(out_dir: Path) -> dict:
+    """`tilelli prepare` of the train and valid slices, as the README does; returns meta.json."""
+    missing = [f for f in [*TRAIN_FILES, VALID_FILE] if not (SHARED / f).is_file()]
+    if missing:
+        raise SystemExit(f"error: {SHARED / missing[0]} is missing; this benchmark needs ../shared/data")
+    return prepare([SHARED / f for f in TRAIN_FILES], out_dir, valid=[SHARED / VALID_FILE], progress=False)
+
+
+def bpb_with_ci(model: torch.nn.Module, path: Path, max_bytes: int | None = None) -> dict:
+    max_batches = None if max_bytes is None else math.ceil(max_bytes / (BATCH * SEQ))
+    sums, counts = window_losses(model, path, BATCH, SEQ, max_batches)
+    lo, hi = bootstrap_ci(sums, counts)
+    ln2 = math.log(2)
+    return {"bpb": float(sums.sum() / counts.sum()) / ln2, "ci": [lo / ln2, hi / ln2], "bytes": int(counts.sum())}
+
+
+def measure(ckpt: Path, data_dir: Path, meta: dict) -> dict:
+    """One row of the table, every number from the checkpoint and the data files."""
+    cfg = read_config(ckpt)
+    run = json.loads((ckpt / "run.json").read_text())
+    if run["data"]["train_sha256"] != meta["train"]["sha256"]:
+        raise SystemExit(f"error: {ckpt} was trained on other bytes than the prepared slices (train sha256 differs)")
+    model = load(ckpt)
+    tokens = cfg["tokens"] + cfg.get("init", {}).get("tokens", 0)
+    row = {"name": ckpt.name, "config": cfg["train"]["model"], "params": cfg["params"],
+           "weights": "packed trits" if cfg["packed"] else cfg["weights_dtype"],
+           "bits_per_weight": round(cfg["bits_per_weight"], 4) if cfg["packed"] else
+           {"bfloat16": 16, "float32": 32}[cfg["weights_dtype"]],
+           "checkpoint_kb": round(cfg["file_bytes"] / 1024), "step": cfg["step"],
+           "tokens": tokens, "epochs": round(tokens / meta["train"]["bytes"], 3),
+           "valid": bpb_with_ci(model, data_dir / "valid.bin"),
+           "ood": {k: bpb_with_ci(model, SHARED / f, OOD_BYTES) for k, f in OOD_FILES.items()}}
+    if "init" in cfg:
+        row["init"] = cfg["init"]
+    return row
+
+
+def shipped() -> list[Path]:
+    return sorted(p for p in SHIPPED_DIR.iterdir() if (p / "config.json").is_file())
+
+
+def table(rows: list[dict]) -> str:
+    ood = list(OOD_FILES)
+    lines = ["| model | params | weights | bits/weight | checkpoint | valid bpb (95 % CI) | "
+             + " | ".join(f"OOD {k} bpb" for k in ood) + " | tokens seen | epochs |",
+             "|---|---:|---|---:|---:|---|" + "---:|" * len(ood) + "---:|---:|"]
+    for r in rows:
+        v = r["valid"]
+        bits = f"{r['bits_per_weight']:.3f}" if r["weights"] == "packed trits" else str(r["bits_per_weight"])
+        lines.append(f"| `{r['name']}` | {r['params']:,} | {r['weights']} | {bits} | {r['checkpoint_kb']:,} KB | "
+                     f"{v['bpb']:.4f} ({v['ci'][0]:.4f}–{v['ci'][1]:.4f}) | "
+                     + " | ".join(f"{r['ood'][k]['bpb']:.3f}" for k in ood)
+                     + f" | {r['tokens'] / 1e6:.2f} M | {r['epochs']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = prepared_data(Path(tmp))
+        rows = [measure(ckpt, Path(tmp), meta) for ckpt in shipped()]
+    result = {"benchmark": "quality", "machine": platform.platform(), "torch": torch.__version__,
+              "valid": {"file": VALID_FILE, "sha256": meta["valid"]["sha256"]},
+              "ood_bytes": OOD_BYTES, "ood_files": OOD_FILES, "window": [BATCH, SEQ], "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "quality.md").write_text(table(rows))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Launch the training runs behind results/quality.md: every run is a plain `tilelli train` command.
+
+Why a launcher: the A/B needs ~20 runs with matched bytes, tokens and settings, resumed across
+sessions and spread over CPU lanes. This file is the single record of which commands they were;
+each run's own run.json records its exact command line, git hash and data hashes.
+
+Phases, in the order they depend on each other:
+  sweep   short runs, Lite FP32 and vanilla: AdamW at three learning rates, and Muon
+  seeds   two more seeds of each model's best sweep setting (seed 0 is the sweep run itself)
+  parent  short runs of tilelli-fp32 and tilelli-ternary at Lite's best setting
+  main    the long runs that ship: Lite FP32, vanilla, Lite ternary from scratch
+  qat     Lite FP32's best checkpoint continued with ternary quantization on (the "same
+          checkpoint twice": one architecture shipped as FP32 and as ternary)
+
+    python experiments/ab_runs.py --phase sweep --lanes 2      # runs what is not done yet
+    python experiments/ab_runs.py --phase sweep --dry-run      # prints the commands
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tilelli.runs import best_checkpoint, list_checkpoints, read_metrics  # noqa: E402
+
+LITE, VANILLA = "tilelli-lite-fp32", "vanilla-fp32"
+SHORT = {"steps": 200, "warmup": 20, "eval_every": 200, "eval_batches": 50, "ckpt_every": 100}
+MAIN = {"steps": 1000, "warmup": 100, "eval_every": 200, "eval_batches": 50, "ckpt_every": 200, "keep_last": 10}
+QAT = {"steps": 300, "warmup": 30, "eval_every": 100, "eval_batches": 50, "ckpt_every": 100, "keep_last": 10}
+SWEEP = [("adamw", 1e-3), ("adamw", 2e-3), ("adamw", 4e-3), ("muon", 2e-3)]
+SEEDS = (1, 2)
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    model: str
+    optimizer: str
+    lr: float
+    seed: int = 0
+    protocol: tuple[tuple[str, int], ...] = tuple(SHORT.items())
+    init_from: str = ""
+
+    def args(self, data: str, out: Path, threads: int) -> list[str]:
+        args = ["--model", self.model, "--data", data, "--out", str(out), "--optimizer", self.optimizer,
+                "--lr", f"{self.lr:g}", "--seed", str(self.seed), "--threads", str(threads)]
+        for key, value in self.protocol:
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        return args + (["--init-from", self.init_from] if self.init_from else [])
+
+    @property
+    def steps(self) -> int:
+        return dict(self.protocol)["steps"]
+
+
+def sweep_name(model: str, optimizer: str, lr: float, seed: int = 0) -> str:
+    return f"{model}-{optimizer}-{lr:g}-s{seed}"
+
+
+def final_valid_bpb(run_dir: Path) -> float | None:
+    """Valid bpb at the run's last step, or None while the run is unfinished."""
+    if not (run_dir / "metrics.jsonl").is_file():
+        return None
+    train, valid = read_metrics(run_dir)
+    return valid[-1]["valid_bpb"] if valid and train and valid[-1]["step"] == train[-1]["step"] else None
+
+
+def best_setting(runs_dir: Path, model: str) -> tuple[str, float]:
+    """The (optimizer, lr) of `model`'s sweep run with the lowest final valid bpb."""
+    scored = [(final_valid_bpb(runs_dir / sweep_name(model, opt, lr)), opt, lr) for opt, lr in SWEEP]
+    done = [s for s in scored if s[0] is not None]
+    if len(done) < len(SWEEP):
+        sys.exit(f"error: the sweep of {model} is not finished ({len(done)}/{len(SWEEP)}); run --phase sweep first")
+    _, opt, lr = min(done)
+    return opt, lr
+
+
+def plan(phase: str, runs_dir: Path) -> list[Run]:
+    if phase == "sweep":
+        return [Run(sweep_name(m, opt, lr), m, opt, lr) for opt, lr in SWEEP for m in (LITE, VANILLA)]
+    if phase == "seeds":
+        return [Run(sweep_name(m, *best_setting(runs_dir, m), seed), m, *best_setting(runs_dir, m), seed)
+                for seed in SEEDS for m in (LITE, VANILLA)]
+    if phase == "parent":
+        opt, lr = best_setting(runs_dir, LITE)
+        return [Run(sweep_name(m, opt, lr), m, opt, lr) for m in ("tilelli-fp32", "tilelli-ternary")]
+    if phase == "main":
+        lite, vanilla = best_setting(runs_dir, LITE), best_setting(runs_dir, VANILLA)
+        main = tuple(MAIN.items())
+        return [Run(f"main-{LITE}", LITE, *lite, protocol=main),
+                Run(f"main-{VANILLA}", VANILLA, *vanilla, protocol=main),
+                Run("main-tilelli-lite-ternary", "tilelli-lite-ternary", *lite, protocol=main)]
+    if phase == "qat":
+        if final_valid_bpb(runs_dir / f"main-{LITE}") is None:
+            sys.exit(f"error: main-{LITE} is not finished; run --phase main first")
+        source = best_checkpoint(runs_dir / f"main-{LITE}")
+        return [Run("qat-tilelli-lite-ternary", "tilelli-lite-ternary", *best_setting(runs_dir, LITE),
+                    protocol=tuple(QAT.items()), init_from=str(source))]
+    sys.exit(f"error: unknown phase {phase!r}")
+
+
+def is_done(run: Run, run_dir: Path) -> bool:
+    ckpts = list_checkpoints(run_dir)
+    return bool(ckpts) and ckpts[-1].name == f"step-{run.steps:07d}" and final_valid_bpb(run_dir) is not None
+
+
+def launch(run: Run, runs_dir: Path, data: str, threads: int, dry_run: bool) -> str:
+    run_dir = runs_dir / run.name
+    if is_done(run, run_dir):
+        return f"{run.name}: done, valid bpb {final_valid_bpb(run_dir):.4f}"
+    exe = shutil.which("tilelli", path=str(Path(sys.executable).parent)) or "tilelli"
+    cmd = [exe, "train", *run.args(data, run_dir, threads)] + (["--resume"] if list_checkpoints(run_dir) else [])
+    if dry_run:
+        return " ".join(cmd)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with open(runs_dir / f"{run.name}.log", "a", encoding="utf-8") as log:
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    took = (time.time() - start) / 60
+    return f"{run.name}: exit {rc} after {took:.1f} min, valid bpb {final_valid_bpb(run_dir)}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phase", required=True, choices=("sweep", "seeds", "parent", "main", "qat"))
+    parser.add_argument("--runs-dir", default="runs/ab", type=Path, help="where run directories go")
+    parser.add_argument("--data", default="data/tinystories", help="`tilelli prepare` output")
+    parser.add_argument("--lanes", type=int, default=2, help="runs at a time")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = parser.parse_args()
+    runs = plan(args.phase, args.runs_dir)
+    with ThreadPoolExecutor(args.lanes) as pool:
+        for line in pool.map(lambda r: launch(r, args.runs_dir, args.data, args.threads, args.dry_run), runs):
+            print(line, flush=True)
+    print(json.dumps({r.name: final_valid_bpb(args.runs_dir / r.name) for r in runs}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

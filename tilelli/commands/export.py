@@ -1,0 +1,103 @@
+"""`tilelli export`: turn a training checkpoint into a checkpoint that ships.
+
+A shipped checkpoint is a directory with the model (`config.json`, `model.safetensors`) plus
+the `run.json` and `metrics.jsonl` of the run it came from, so anyone can see how it was made.
+Ternary models ship as packed trits; FP32 ones may ship in bf16, but only after this command
+has measured that bf16 moves bits per byte on validation data by less than a threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tilelli.errors import TilelliError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a training checkpoint, or a run dir (its newest)")
+    parser.add_argument("--best", action="store_true",
+                        help="with a run dir: the kept checkpoint with the lowest valid bpb instead of the newest")
+    parser.add_argument("--out", required=True, type=Path, help="directory to write; must not exist yet")
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument("--packed", action="store_true", help="store ternary layers as trits (ternary models)")
+    form.add_argument("--bf16", action="store_true", help="store weights in bfloat16 (needs --check-data)")
+    parser.add_argument("--check-data", default=None,
+                        help="valid data (file or prepared dir) on which --bf16 must keep bpb within --max-change")
+    parser.add_argument("--max-change", type=float, default=0.002,
+                        help="largest |bpb(bf16) - bpb(fp32)| accepted (default 0.002)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+
+
+def _bpb(model: Any, data: Path) -> tuple[float, int]:
+    from tilelli.evaluate import evaluate_bpb
+
+    result = evaluate_bpb(model, data, batch_size=16, seq_len=min(256, model.config.max_seq_len))
+    return result.bpb, result.bytes
+
+
+def _source_dir(args: argparse.Namespace) -> Path:
+    from tilelli.checkpoint import checkpoint_dir
+    from tilelli.runs import best_checkpoint, list_checkpoints
+
+    source = Path(args.checkpoint)
+    if args.best:
+        if not list_checkpoints(source):
+            raise TilelliError(f"--best needs a training run dir; {source} holds no checkpoints/")
+        return best_checkpoint(source)
+    return checkpoint_dir(source)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from tilelli.checkpoint import load, read_config, save
+
+    if args.out.exists():
+        raise TilelliError(f"{args.out} already exists; shipped checkpoints are written once, choose another --out")
+    if args.bf16 and not args.check_data:
+        raise TilelliError("--bf16 needs --check-data (valid data to measure what bf16 costs in bpb)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    source = _source_dir(args)
+    src_cfg = read_config(source)
+    model = load(source)
+    extra: dict[str, Any] = {k: src_cfg[k] for k in ("step", "tokens", "train") if k in src_cfg}
+    extra["exported_from"] = str(source)
+    init_from = src_cfg.get("train", {}).get("init_from")
+    if init_from:  # fine-tuned from another checkpoint: record what that one had seen
+        init_cfg = read_config(init_from)
+        extra["init"] = {"checkpoint": str(init_from), **{k: init_cfg[k] for k in ("step", "tokens") if k in init_cfg}}
+    if args.bf16:
+        data = Path(args.check_data)
+        data = data / "valid.bin" if data.is_dir() else data
+        if not data.is_file():
+            raise TilelliError(f"--check-data {args.check_data}: no such file or prepared data dir")
+        fp32_bpb, n_bytes = _bpb(model, data)
+        rounded = load(source)
+        with torch.no_grad():
+            for t in rounded.state_dict().values():
+                if t.is_floating_point():
+                    t.copy_(t.to(torch.bfloat16))  # what loading the bf16 file will give
+        bf16_bpb, _ = _bpb(rounded, data)
+        change = bf16_bpb - fp32_bpb
+        extra["bf16_check"] = {"data": str(data), "bytes": n_bytes, "fp32_bpb": fp32_bpb, "bf16_bpb": bf16_bpb,
+                               "change": change, "max_change": args.max_change}
+        print(f"bf16 check on {data}: {fp32_bpb:.5f} -> {bf16_bpb:.5f} bpb (change {change:+.5f})")
+        if not math.isfinite(change) or abs(change) >= args.max_change:
+            raise TilelliError(f"bf16 changes valid bpb by {change:+.5f} (limit {args.max_change}); "
+                               "export without --bf16")
+    save(model, args.out, extra=extra, packed=args.packed, bf16=args.bf16)
+    run_dir = source.parent.parent  # RUN/checkpoints/step-N
+    for name in ("run.json", "metrics.jsonl"):
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, args.out / name)
+    header = json.loads((args.out / "config.json").read_text())
+    kind = "packed trits" if args.packed else header["weights_dtype"]
+    bits = f", {header['bits_per_weight']:.3f} bits/ternary weight" if args.packed else ""
+    print(f"{args.out}: {kind}, {header['file_bytes'] / 1024:,.0f} KB{bits} (from {source})")
+    return 0
