@@ -1,0 +1,76 @@
+"""Re-check benchmarks/results/ab.json (the README's A/B tables: sweep, seeds, Welch, gaps).
+
+By default it recomputes every number from the committed run records under
+benchmarks/results/runs/ (the metrics each training run logged) and compares them with
+ab.json: this catches an edited table or a changed statistic, to a relative 1e-9.
+`--retrain RUN` also re-trains one recorded run from its run.json (same settings, data
+re-prepared from ../shared/data) and compares its final valid bpb within 1 %: a 200-step run
+takes ~15 minutes on 2 CPU cores. Exits 1 and names every number that does not reproduce.
+
+    python reproduce/ab.py
+    python reproduce/ab.py --retrain vanilla-fp32-adamw-0.002-s1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from ab import RESULTS, RUN_COPIES, analyse  # noqa: E402
+from checker import Checker  # noqa: E402
+from quality import prepared_data  # noqa: E402
+
+from tilelli.runs import read_metrics  # noqa: E402
+from tilelli.train import TrainConfig, Trainer  # noqa: E402
+
+ARITHMETIC, RETRAIN = 1e-9, 0.01
+
+
+def leaves(obj: object, prefix: str = "") -> dict[str, object]:
+    """Every number and string in a nested JSON value, keyed by its path."""
+    if isinstance(obj, dict):
+        return {k: v for key, val in obj.items() for k, v in leaves(val, f"{prefix}{key}.").items()}
+    if isinstance(obj, list):
+        return {k: v for i, val in enumerate(obj) for k, v in leaves(val, f"{prefix}{i}.").items()}
+    return {prefix.rstrip("."): obj}
+
+
+def retrain(name: str, checker: Checker) -> None:
+    """Train the recorded run again from scratch and compare its final valid bpb."""
+    info = json.loads((RUN_COPIES / name / "run.json").read_text())
+    _, valid = read_metrics(RUN_COPIES / name)
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = prepared_data(Path(tmp) / "data")
+        if meta["train"]["sha256"] != info["data"]["train_sha256"]:
+            sys.exit(f"error: re-prepared train data differs from what {name} trained on")
+        train = {k: v for k, v in info["train"].items() if k in TrainConfig.__dataclass_fields__}
+        cfg = TrainConfig(**{**train, "data": str(Path(tmp) / "data"), "out": str(Path(tmp) / "run"),
+                             "resume": False, "quiet": True})
+        Trainer(cfg).run()
+        measured = read_metrics(Path(tmp) / "run")[1][-1]["valid_bpb"]
+    checker.check(f"{name} final valid bpb (retrained)", valid[-1]["valid_bpb"], measured, RETRAIN)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--retrain", action="append", default=[], metavar="RUN", help="also re-train this run")
+    args = ap.parse_args()
+    checker = Checker()
+    published = leaves(json.loads((RESULTS / "ab.json").read_text()))
+    now = leaves(json.loads(json.dumps(analyse(RUN_COPIES))))  # through JSON: tuples become lists
+    for key in sorted(set(published) | set(now)):
+        pub, got = published.get(key), now.get(key)
+        numeric = isinstance(pub, float) and isinstance(got, float)
+        if numeric or pub != got:
+            checker.check(key, pub, got, ARITHMETIC if numeric else None)
+    for name in args.retrain:
+        retrain(name, checker)
+    return checker.finish("A/B")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
