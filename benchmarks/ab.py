@@ -11,7 +11,7 @@ live runs dir with --runs) and writes benchmarks/results/ab.json and ab.md:
 All valid bpb here are on the same first EVAL_BYTES of the valid slice that training validates
 on; the shipped checkpoints' whole-slice numbers are in quality.md.
 
-    python benchmarks/ab.py --runs runs/ab --collect   # copy the run records, then tabulate
+    python benchmarks/ab.py --runs runs/ab --collect --plots   # copy the run records, tabulate, draw
     python benchmarks/ab.py                            # tabulate the committed copies
 """
 
@@ -62,7 +62,7 @@ def analyse(runs: Path) -> dict:
     out: dict = {"sweep": {}, "seeds": {}, "parents": {}, "mains": {}}
     best: dict[str, tuple[str, float]] = {}
     for model in (LITE, VANILLA):
-        rows = {f"{opt} {lr:g}": get(sweep_name(model, opt, lr)) for opt, lr in SWEEP}
+        rows = {f"{opt} {lr:g}": get(sweep_name(model, opt, lr)) for opt, lr in SWEEP[model]}
         out["sweep"][model] = rows
         done = {k: r for k, r in rows.items() if r}
         if len(done) == len(rows):
@@ -141,19 +141,35 @@ def collect(runs: Path) -> None:
             shutil.copy2(run / name, dest / name)
 
 
+def plots(a: dict, runs: Path, out: Path) -> list[Path]:
+    """`tilelli plot` curves of every run, one picture per group (needs matplotlib)."""
+    from tilelli.plot import plot_runs
+
+    groups = {"sweep": [r for rows in a["sweep"].values() for r in rows.values() if r],
+              "seeds": [r for s in a["seeds"].values() for r in s["runs"] if r],
+              "parents": [r for r in a["parents"].values() if r],
+              "main": [r for r in a["mains"].values() if r]}
+    return [plot_runs([runs / r["run"] for r in rows], out / f"curves-{name}.png")
+            for name, rows in groups.items() if rows]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, default=RUN_COPIES, help="run directories (default: the committed copies)")
     ap.add_argument("--collect", action="store_true", help=f"first copy the runs' records into {RUN_COPIES}")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--plots", action="store_true", help="also draw curves-{sweep,seeds,parents,main}.png")
     args = ap.parse_args()
     if args.collect:
         collect(args.runs)
-    result = analyse(RUN_COPIES if args.collect else args.runs)
+    runs = RUN_COPIES if args.collect else args.runs
+    result = analyse(runs)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ab.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "ab.md").write_text(markdown(result))
     print(markdown(result))
+    if args.plots:
+        print("\n".join(str(p) for p in plots(result, runs, args.out)))
 
 
 if __name__ == "__main__":

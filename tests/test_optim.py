@@ -5,7 +5,7 @@ import torch
 
 from tilelli.config import from_name
 from tilelli.models import build_model
-from tilelli.optim import build_optimizers, lr_at, param_roles
+from tilelli.optim import Muon, build_optimizers, lr_at, newton_schulz, param_roles
 from tilelli.ternary import TernaryConv1d, TernaryModule
 
 TINY = {"d_model": 32, "n_layers": 2, "n_heads": 4, "d_head": 8, "max_seq_len": 64}
@@ -81,3 +81,33 @@ def test_lr_warms_up_linearly_then_follows_a_cosine_to_min_lr():
     assert all(a >= b for a, b in zip(sched[warmup:], sched[warmup + 1:], strict=False))
     assert lr_at(500, lr, min_lr, warmup, total) == pytest.approx(min_lr)  # past the end: stays at min
     assert lr_at(0, lr, min_lr, 0, 1) == pytest.approx(lr)  # no warm-up, a single step
+
+
+def test_newton_schulz_in_bf16_is_torchs_and_fp32_orthogonalises():
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    g = torch.randn(48, 80, generator=torch.Generator().manual_seed(0))
+    coeffs = (3.4445, -4.7750, 2.0315)
+    for m in (g, g.T):  # wide and tall
+        ours = newton_schulz(m, coeffs, 5, 1e-7, torch.bfloat16)
+        assert torch.equal(ours, _zeropower_via_newtonschulz(m, coeffs, 5, 1e-7))
+        s = torch.linalg.svdvals(newton_schulz(m, coeffs, 5, 1e-7, torch.float32))
+        assert 0.5 < s.min() and s.max() < 1.3  # ~U V^T: singular values near 1, as Muon intends
+
+
+def test_our_muon_follows_torchs_update_rule():
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(32, 64))
+    b = torch.nn.Parameter(a.detach().clone())
+    start = a.detach().clone()
+    ours = Muon([a], lr=0.01, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    theirs = torch.optim.Muon([b], lr=0.01, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    for step in range(3):
+        grad = torch.randn(32, 64, generator=torch.Generator().manual_seed(step))
+        a.grad, b.grad = grad.clone(), grad.clone()
+        ours.step()
+        theirs.step()
+    assert torch.equal(ours.state[a]["momentum_buffer"], theirs.state[b]["momentum_buffer"])
+    moved = (b.detach() - start).abs().mean()
+    assert (a - b).abs().max() < 0.05 * moved  # FP32 vs bf16 orthogonalisation: same step, finer rounding
+    assert ours.state_dict()["state"].keys() == theirs.state_dict()["state"].keys()
