@@ -47,10 +47,12 @@ def record(run_dir: Path) -> dict | None:
     if not valid or valid[-1]["step"] != cfg["steps"] or train[-1]["step"] != cfg["steps"]:
         return None  # unfinished
     best = min(valid, key=lambda r: r["valid_bpb"])
+    speeds = sorted(r["tokens_per_s"] for r in train)
     return {"run": run_dir.name, "model": cfg["model"], "optimizer": cfg["optimizer"], "lr": cfg["lr"],
             "seed": cfg["seed"], "steps": cfg["steps"], "tokens": train[-1]["tokens"],
             "final_valid_bpb": valid[-1]["valid_bpb"], "best_step": best["step"], "best_valid_bpb": best["valid_bpb"],
             "valid_curve": [[r["step"], r["valid_bpb"]] for r in valid],
+            "tokens_per_s": speeds[len(speeds) // 2],
             "eval_bytes": cfg["eval_batches"] * cfg["batch_size"] * cfg["seq_len"],
             "machine": info["machine"]["processor"], "git": info["git"]["commit"]}
 
@@ -92,12 +94,13 @@ def _bpb(r: dict | None, key: str = "final_valid_bpb") -> str:
 
 
 def markdown(a: dict) -> str:
-    lines = ["### Learning-rate and optimizer sweep (200 steps × 16 × 256 bytes, seed 0; valid bpb)", "",
-             "| setting | " + " | ".join(f"`{m}`" for m in a["sweep"]) + " |",
-             "|---|" + "---:|" * len(a["sweep"])]
-    settings = next(iter(a["sweep"].values()), {})
-    for s in settings:
-        lines.append(f"| {s} | " + " | ".join(_bpb(a["sweep"][m][s]) for m in a["sweep"]) + " |")
+    lines = ["### Learning-rate and optimizer sweep (200 steps x 16 x 256 bytes, seed 0)", "",
+             "| model | optimizer | lr | valid bpb | median tokens/s (1 thread) |", "|---|---|---:|---:|---:|"]
+    for model, rows in a["sweep"].items():
+        for setting, r in sorted(rows.items(), key=lambda kv: (kv[0].split()[0], float(kv[0].split()[1]))):
+            opt, lr = setting.split()
+            speed = f"{r['tokens_per_s']:,.0f}" if r else ""
+            lines.append(f"| `{model}` | {opt} | {lr} | {_bpb(r)} | {speed} |")
     if a["seeds"]:
         lines += ["", "### Seeds at each model's best setting (valid bpb)", "",
                   "| model | setting | " + " | ".join(f"seed {s}" for s in (0, *SEEDS)) + " | mean ± sd |",
@@ -106,8 +109,8 @@ def markdown(a: dict) -> str:
             vals = [r["final_valid_bpb"] for r in s["runs"] if r]
             mean = sum(vals) / len(vals)
             sd = (sum((v - mean) ** 2 for v in vals) / max(len(vals) - 1, 1)) ** 0.5
-            lines.append(f"| `{m}` | {s['setting']} | " + " | ".join(_bpb(r) for r in s["runs"])
-                         + f" | {mean:.4f} ± {sd:.4f} |")
+            summary = f"{mean:.4f} ± {sd:.4f}" if len(vals) > 1 else ""
+            lines.append(f"| `{m}` | {s['setting']} | " + " | ".join(_bpb(r) for r in s["runs"]) + f" | {summary} |")
     if "welch_lite_minus_vanilla" in a:
         w = a["welch_lite_minus_vanilla"]
         lines += ["", f"**Welch's t-test, Lite minus vanilla** ({w['n_a']} vs {w['n_b']} seeds): difference "
@@ -133,8 +136,8 @@ def markdown(a: dict) -> str:
 
 
 def collect(runs: Path) -> None:
-    """Copy every run's run.json and metrics.jsonl (not its checkpoints) into RUN_COPIES."""
-    for run in sorted(p for p in runs.iterdir() if (p / RUN_FILE).is_file()):
+    """Copy every finished run's run.json and metrics.jsonl (not its checkpoints) into RUN_COPIES."""
+    for run in sorted(p for p in runs.iterdir() if (p / RUN_FILE).is_file() and record(p)):
         dest = RUN_COPIES / run.name
         dest.mkdir(parents=True, exist_ok=True)
         for name in (RUN_FILE, METRICS_FILE):

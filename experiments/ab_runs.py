@@ -34,7 +34,7 @@ from tilelli.runs import best_checkpoint, list_checkpoints, read_metrics  # noqa
 
 LITE, VANILLA = "tilelli-lite-fp32", "vanilla-fp32"
 SHORT = {"steps": 200, "warmup": 20, "eval_every": 200, "eval_batches": 50, "ckpt_every": 100}
-MAIN = {"steps": 1000, "warmup": 100, "eval_every": 200, "eval_batches": 50, "ckpt_every": 200, "keep_last": 10}
+MAIN = {"steps": 1000, "warmup": 100, "eval_every": 200, "eval_batches": 50, "ckpt_every": 100, "keep_last": 10}
 QAT = {"steps": 300, "warmup": 30, "eval_every": 100, "eval_batches": 50, "ckpt_every": 100, "keep_last": 10}
 # AdamW at 1e-3, 2e-3, 4e-3 and Muon at 2e-3 for both models; then one more AdamW point past
 # the end of the grid where each model's best lay (Lite's at 4e-3, vanilla's at 1e-3): the same
