@@ -57,6 +57,8 @@ def test_fp32_round_trip_is_exact(tmp_path, name):
     model = _model(name)
     out = checkpoint.save(model, tmp_path / "ck", extra={"step": 7, "note": "hi"})
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # no temp files
+    mode = 0o666 & ~checkpoint._umask()
+    assert all(p.stat().st_mode & 0o777 == mode for p in out.iterdir())  # readable like any file, not 0600
     loaded = tilelli.load(out)
     assert not loaded.training
     assert loaded.config == model.config
