@@ -73,8 +73,7 @@ def newton_schulz(g: torch.Tensor, coefficients: tuple[float, float, float], ste
 class Muon(torch.optim.Muon):
     """`torch.optim.Muon`, same update rule and state, with the Newton-Schulz iteration in FP32
     on CPU. torch computes it in bf16, which suits GPUs; on a CPU without bf16 matrix units a
-    bf16 matmul is far slower than FP32 (a Lite step took 31 s instead of ~4 s on this 2-core
-    machine). On CUDA it stays bf16, as upstream."""
+    bf16 matmul is many times slower than FP32. On CUDA it stays bf16, as upstream."""
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
