@@ -1,10 +1,11 @@
 """Re-check the speed numbers the README quotes (benchmarks/results/train_speed.json,
-topk_attention.json, causal_conv.json) by re-running the three benchmarks into a temporary folder.
+topk_attention.json, causal_conv.json, muon_step.json) by re-running the benchmarks into a temporary folder.
 
 Ratios measured in one process are what we claim, so they get the tight tolerance:
   - training tokens/s of each config relative to vanilla-fp32: within 10 % (relative)
   - top-k kernel fwd+bwd time relative to dense SDPA: within 30 %, and the conv kernel
     relative to F.conv1d within 50 % (single small ops swing most on a shared 2-core machine)
+  - torch's Muon step relative to tilelli's: within 50 %
 Absolute tokens/s depend on the machine and its load: within 25 %, and only meaningful on
 the machine kind the results name (2 vCPU AMD EPYC). Exits 1 and names what failed.
 
@@ -62,6 +63,9 @@ def main() -> int:
             check(f"conv C={p['C']} k={p['k']} kernel fwd+bwd vs conv1d",
                   p["ms"]["kernel"]["fwd_bwd"] / p["ms"]["conv1d"]["fwd_bwd"],
                   n["ms"]["kernel"]["fwd_bwd"] / n["ms"]["conv1d"]["fwd_bwd"], 0.50)
+        pub_muon = json.loads((RESULTS / "muon_step.json").read_text())["torch_over_tilelli"]
+        check("torch Muon step / tilelli Muon step", pub_muon, rerun("muon_step.py", Path(tmp))["torch_over_tilelli"],
+              0.50)
     return checker.finish("speed")
 
 
