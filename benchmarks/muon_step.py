@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -50,12 +51,14 @@ def main() -> None:
             times[name].append(time.perf_counter() - t0)
     s = {k: statistics.median(v[1:]) for k, v in times.items()}
     result = {"benchmark": "muon_step", "machine": platform.platform(), "cpu": cpu_name(), "threads": args.threads,
+              "load_avg_1min": os.getloadavg()[0],
               "torch": torch.__version__, "matrices": len(matrices), "weights": sum(p.numel() for p in matrices),
               "seconds": s, "torch_over_tilelli": s["muon_torch_bf16"] / s["muon_tilelli_fp32"]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "muon_step.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"One optimizer step over Lite's {len(matrices)} block matrices ({result['weights']:,} weights), "
-             f"{args.threads} threads, median of {args.repeats}:", "",
+             f"{args.threads} threads, median of {args.repeats} (1-minute load average "
+             f"{result['load_avg_1min']:.1f} on {os.cpu_count()} CPUs):", "",
              "| optimizer | seconds per step |", "|---|---:|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in s.items()]
     lines += ["", f"torch's Muon takes {result['torch_over_tilelli']:.1f}x as long as tilelli's."]
