@@ -14,6 +14,7 @@ Phases, in the order they depend on each other:
 
     python experiments/ab_runs.py --phase sweep --lanes 2      # runs what is not done yet
     python experiments/ab_runs.py --phase sweep --dry-run      # prints the commands
+    python experiments/ab_runs.py --phase rest --lanes 2       # main, qat, seeds, parent in one queue
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,9 +137,28 @@ def launch(run: Run, runs_dir: Path, data: str, threads: int, dry_run: bool) -> 
     return f"{run.name}: exit {rc} after {took:.1f} min, valid bpb {final_valid_bpb(run_dir)}"
 
 
+def jobs(phase: str, runs_dir: Path, wait: bool = True) -> list[Callable[[], list[Run]]]:
+    """What to run, as thunks a lane calls when it gets to them. Phase "rest" is everything after
+    the sweep in one queue, ordered for two lanes: the long runs first, then the QAT twin (its
+    thunk waits until Lite FP32's long run has finished, or without `wait` is empty until then),
+    the seeds and the parent runs."""
+    if phase != "rest":
+        return [lambda r=r: [r] for r in plan(phase, runs_dir)]
+
+    def qat_when_ready() -> list[Run]:
+        while final_valid_bpb(runs_dir / f"main-{LITE}") is None:
+            if not wait:
+                return []
+            time.sleep(30)
+        return plan("qat", runs_dir)
+
+    later = [lambda r=r: [r] for p in ("seeds", "parent") for r in plan(p, runs_dir)]
+    return [*(lambda r=r: [r] for r in plan("main", runs_dir)), qat_when_ready, *later]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--phase", required=True, choices=("sweep", "seeds", "parent", "main", "qat"))
+    parser.add_argument("--phase", required=True, choices=("sweep", "seeds", "parent", "main", "qat", "rest"))
     parser.add_argument("--runs-dir", default="runs/ab", type=Path, help="where run directories go")
     parser.add_argument("--data", default="data/tinystories", help="`tilelli prepare` output")
     parser.add_argument("--lanes", type=int, default=2, help="runs at a time")
@@ -145,11 +166,16 @@ def main() -> None:
     parser.add_argument("--only", default="", help="run only the runs whose name contains this")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args()
-    runs = [r for r in plan(args.phase, args.runs_dir) if args.only in r.name]
+    def lane(job: Callable[[], list[Run]]) -> list[str]:
+        names = []
+        for run in (r for r in job() if args.only in r.name):
+            print(launch(run, args.runs_dir, args.data, args.threads, args.dry_run), flush=True)
+            names.append(run.name)
+        return names
+
     with ThreadPoolExecutor(args.lanes) as pool:
-        for line in pool.map(lambda r: launch(r, args.runs_dir, args.data, args.threads, args.dry_run), runs):
-            print(line, flush=True)
-    print(json.dumps({r.name: final_valid_bpb(args.runs_dir / r.name) for r in runs}, indent=1))
+        names = [n for batch in pool.map(lane, jobs(args.phase, args.runs_dir, not args.dry_run)) for n in batch]
+    print(json.dumps({name: final_valid_bpb(args.runs_dir / name) for name in names}, indent=1))
 
 
 if __name__ == "__main__":
