@@ -1,4 +1,4 @@
-"""Shared test helpers: tiny variants of every named config, and fixed threads."""
+"""Shared test helpers: tiny variants of every named config, a small prepared data dir, and fixed threads."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from tilelli.config import ModelConfig, from_name, list_configs
+from tilelli.prepare import prepare
+from tilelli.train import sample_text
 
 torch.set_num_threads(2)
 
@@ -39,3 +41,13 @@ def outputs_and_grads(fn, leaves, *args):
 @pytest.fixture(params=list_configs())
 def config_name(request) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """`tilelli prepare` output (train.bin 32 KB, valid.bin 4 KB) of the built-in sample text."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "train.txt").write_bytes(sample_text(1 << 15, seed=0))
+    (root / "valid.txt").write_bytes(sample_text(1 << 12, seed=1))
+    prepare([root / "train.txt"], root / "bins", valid=[root / "valid.txt"], progress=False)
+    return root / "bins"

@@ -8,21 +8,10 @@ import pytest
 
 from tilelli import checkpoint
 from tilelli.cli import main
-from tilelli.prepare import prepare
 from tilelli.runs import list_checkpoints, read_metrics
-from tilelli.train import sample_text
 
 TINY_ARGS = [a for k, v in {"d_model": 32, "n_layers": 2, "n_heads": 4, "d_head": 8, "max_seq_len": 64}.items()
              for a in ("--override", f"{k}={v}")]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    (root / "train.txt").write_bytes(sample_text(1 << 14, seed=0))
-    (root / "valid.txt").write_bytes(sample_text(1 << 11, seed=1))
-    prepare([root / "train.txt"], root / "bins", valid=[root / "valid.txt"], progress=False)
-    return root / "bins"
 
 
 @pytest.fixture(scope="module")

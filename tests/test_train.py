@@ -17,21 +17,11 @@ import torch
 
 import tilelli
 from tilelli.cli import main
-from tilelli.prepare import prepare
 from tilelli.runs import list_checkpoints, read_metrics
-from tilelli.train import TrainConfig, Trainer, sample_text
+from tilelli.train import TrainConfig, Trainer
 
 TINY = {"d_model": 32, "n_layers": 2, "n_heads": 4, "d_head": 8, "max_seq_len": 128}
 TINY_ARGS = [a for k, v in TINY.items() for a in ("--override", f"{k}={v}")]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    (root / "train.txt").write_bytes(sample_text(1 << 15, seed=0))
-    (root / "valid.txt").write_bytes(sample_text(1 << 12, seed=1))
-    prepare([root / "train.txt"], root / "bins", valid=[root / "valid.txt"], progress=False)
-    return root / "bins"
 
 
 def train_args(data: Path, out: Path, *extra: str, model: str = "tilelli-lite-fp32") -> list[str]:
