@@ -36,8 +36,12 @@ from tilelli.runs import best_checkpoint, list_checkpoints, read_metrics  # noqa
 
 LITE, VANILLA = "tilelli-lite-fp32", "vanilla-fp32"
 SHORT = {"steps": 200, "warmup": 20, "eval_every": 200, "eval_batches": 50, "ckpt_every": 100}
-MAIN = {"steps": 1000, "warmup": 100, "eval_every": 200, "eval_batches": 50, "ckpt_every": 100, "keep_last": 10}
-QAT = {"steps": 300, "warmup": 30, "eval_every": 100, "eval_batches": 50, "ckpt_every": 100, "keep_last": 10}
+# The long runs are sized so that the whole queue (--phase rest) finishes inside one 180-minute
+# session on 2 CPU cores: run directories do not outlive a session here, so a queue that needs
+# two sessions never finishes. 400 steps = 1.64 M bytes = 0.47 epoch of the train slices.
+MAIN = {"steps": 400, "warmup": 40, "eval_every": 100, "eval_batches": 50, "ckpt_every": 100, "keep_last": 10}
+QAT = {"steps": 200, "warmup": 20, "eval_every": 100, "eval_batches": 50, "ckpt_every": 100, "keep_last": 10}
+PARENT = {"steps": 100, "warmup": 10, "eval_every": 100, "eval_batches": 50, "ckpt_every": 100}
 # AdamW at 1e-3, 2e-3, 4e-3 and Muon at 2e-3 for both models; then one more AdamW point past
 # the end of the grid where each model's best lay (Lite's at 4e-3, vanilla's at 1e-3): the same
 # number of runs for both.
@@ -99,7 +103,8 @@ def plan(phase: str, runs_dir: Path) -> list[Run]:
                 for seed in SEEDS for m in (LITE, VANILLA)]
     if phase == "parent":
         opt, lr = best_setting(runs_dir, LITE)
-        return [Run(sweep_name(m, opt, lr), m, opt, lr) for m in ("tilelli-fp32", "tilelli-ternary")]
+        return [Run(sweep_name(m, opt, lr), m, opt, lr, protocol=tuple(PARENT.items()))
+                for m in ("tilelli-fp32", "tilelli-ternary")]
     if phase == "main":
         lite, vanilla = best_setting(runs_dir, LITE), best_setting(runs_dir, VANILLA)
         main = tuple(MAIN.items())
