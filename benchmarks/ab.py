@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
-from ab_runs import LITE, SEEDS, SWEEP, VANILLA, sweep_name  # noqa: E402
+from ab_runs import LITE, PARENT, SEEDS, SWEEP, VANILLA, parent_runs, sweep_name  # noqa: E402
 
 from tilelli.runs import METRICS_FILE, RUN_FILE, read_metrics  # noqa: E402
 from tilelli.stats import welch  # noqa: E402
@@ -34,7 +34,6 @@ RESULTS = Path(__file__).parent / "results"
 RUN_COPIES = RESULTS / "runs"
 MAINS = {"lite_fp32": f"main-{LITE}", "vanilla": f"main-{VANILLA}", "lite_ternary": "main-tilelli-lite-ternary",
          "lite_ternary_qat": "qat-tilelli-lite-ternary"}
-PARENTS = ("tilelli-fp32", "tilelli-ternary")
 
 
 def record(run_dir: Path) -> dict | None:
@@ -54,7 +53,8 @@ def record(run_dir: Path) -> dict | None:
             "valid_curve": [[r["step"], r["valid_bpb"]] for r in valid],
             "tokens_per_s": speeds[len(speeds) // 2],
             "eval_bytes": cfg["eval_batches"] * cfg["batch_size"] * cfg["seq_len"],
-            "machine": info["machine"]["processor"], "git": info["git"]["commit"]}
+            "machine": info["machine"]["processor"], "git": info["git"]["commit"],
+            "init_from": cfg.get("init_from") or None}
 
 
 def analyse(runs: Path) -> dict:
@@ -76,7 +76,7 @@ def analyse(runs: Path) -> dict:
     if all(len(seed_values.get(m, [])) == 1 + len(SEEDS) for m in (LITE, VANILLA)):
         out["welch_lite_minus_vanilla"] = welch(seed_values[LITE], seed_values[VANILLA]).to_dict()
     if LITE in best:
-        out["parents"] = {m: get(sweep_name(m, *best[LITE])) for m in (LITE, *PARENTS)}
+        out["parents"] = {r.model: get(r.name) for r in parent_runs(*best[LITE])}
     mains = {k: get(v) for k, v in MAINS.items()}
     out["mains"] = mains
     base = mains["lite_fp32"]
@@ -118,16 +118,20 @@ def markdown(a: dict) -> str:
                   f"t = {w['t']:.2f}, df = {w['df']:.1f}, p = {w['p']:.2g}; Hedges' g = {w['hedges_g']:.2f} "
                   f"(95 % CI {w['hedges_g_ci'][0]:.2f} to {w['hedges_g_ci'][1]:.2f}). Negative = Lite lower (better)."]
     if a["parents"]:
-        lines += ["", "### Parent blocks, same short protocol and setting as Lite's best (valid bpb)", "",
+        lines += ["", f"### Parent blocks next to Lite FP32, {PARENT['steps']} steps x 16 x 256 bytes at Lite's best "
+                  "setting (valid bpb)", "",
                   "| model | valid bpb |", "|---|---:|"]
         lines += [f"| `{m}` | {_bpb(r)} |" for m, r in a["parents"].items()]
     if any(a["mains"].values()):
-        lines += ["", "### Long runs (valid bpb at each validation; the best step is the one that ships)", "",
-                  "| run | setting | steps | tokens | best step | best valid bpb |", "|---|---|---:|---:|---:|---:|"]
+        lines += ["", "### Long runs (the best validated step is the one that ships)", "",
+                  "| run | setting | steps | tokens | valid bpb by step | best step | best valid bpb |",
+                  "|---|---|---:|---:|---|---:|---:|"]
         for r in a["mains"].values():
             if r:
-                lines.append(f"| `{r['run']}` | {r['optimizer']} {r['lr']:g} | {r['steps']} | "
-                             f"{r['tokens'] / 1e6:.2f} M | {r['best_step']} | {r['best_valid_bpb']:.4f} |")
+                curve = ", ".join(f"{step}: {bpb:.3f}" for step, bpb in r["valid_curve"])
+                start = f" (from `{r['init_from']}`)" if r["init_from"] else ""
+                lines.append(f"| `{r['run']}`{start} | {r['optimizer']} {r['lr']:g} | {r['steps']} | "
+                             f"{r['tokens'] / 1e6:.2f} M | {curve} | {r['best_step']} | {r['best_valid_bpb']:.4f} |")
     for key, label in (("gap_lite_ternary_vs_lite_fp32", "Lite ternary from scratch"),
                        ("gap_lite_ternary_qat_vs_lite_fp32", "Lite FP32 → ternary twin (QAT)")):
         if key in a:

@@ -71,6 +71,14 @@ def measure(ckpt: Path, data_dir: Path, meta: dict) -> dict:
     return row
 
 
+def ternary_ratios(rows: list[dict]) -> dict[str, float]:
+    """Valid bpb of each shipped Lite ternary model over the shipped Lite FP32 one (1.03 = a 3 % gap)."""
+    fp32 = {r["config"]: r for r in rows}.get("tilelli-lite-fp32")
+    if fp32 is None:
+        return {}
+    return {r["name"]: r["valid"]["bpb"] / fp32["valid"]["bpb"] for r in rows if r["config"] == "tilelli-lite-ternary"}
+
+
 def shipped() -> list[Path]:
     return sorted(p for p in SHIPPED_DIR.iterdir() if (p / "config.json").is_file())
 
@@ -87,6 +95,8 @@ def table(rows: list[dict]) -> str:
                      f"{v['bpb']:.4f} ({v['ci'][0]:.4f}–{v['ci'][1]:.4f}) | "
                      + " | ".join(f"{r['ood'][k]['bpb']:.3f}" for k in ood)
                      + f" | {r['tokens'] / 1e6:.2f} M | {r['epochs']:.2f} |")
+    lines += [f"\nTernary gap, `{name}` vs `tilelli-lite-fp32`: {ratio - 1:+.2%} valid bpb."
+              for name, ratio in ternary_ratios(rows).items()]
     return "\n".join(lines) + "\n"
 
 
@@ -101,7 +111,8 @@ def main() -> None:
         rows = [measure(ckpt, Path(tmp), meta) for ckpt in shipped()]
     result = {"benchmark": "quality", "machine": platform.platform(), "torch": torch.__version__,
               "valid": {"file": VALID_FILE, "sha256": meta["valid"]["sha256"]},
-              "ood_bytes": OOD_BYTES, "ood_files": OOD_FILES, "window": [BATCH, SEQ], "rows": rows}
+              "ood_bytes": OOD_BYTES, "ood_files": OOD_FILES, "window": [BATCH, SEQ], "rows": rows,
+              "ternary_over_fp32": ternary_ratios(rows)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "quality.md").write_text(table(rows))

@@ -7,7 +7,8 @@ each run's own run.json records its exact command line, git hash and data hashes
 Phases, in the order they depend on each other:
   sweep   short runs, Lite FP32 and vanilla: AdamW at three learning rates, and Muon
   seeds   two more seeds of each model's best sweep setting (seed 0 is the sweep run itself)
-  parent  short runs of tilelli-fp32 and tilelli-ternary at Lite's best setting
+  parent  short runs of tilelli-fp32 and tilelli-ternary at Lite's best setting, and Lite FP32
+          under the same protocol as their reference
   main    the long runs that ship: Lite FP32, vanilla, Lite ternary from scratch
   qat     Lite FP32's best checkpoint continued with ternary quantization on (the "same
           checkpoint twice": one architecture shipped as FP32 and as ternary)
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from tilelli.runs import best_checkpoint, list_checkpoints, read_metrics  # noqa: E402
 
 LITE, VANILLA = "tilelli-lite-fp32", "vanilla-fp32"
+PARENTS = ("tilelli-fp32", "tilelli-ternary")
 SHORT = {"steps": 200, "warmup": 20, "eval_every": 200, "eval_batches": 50, "ckpt_every": 100}
 # The long runs are sized so that the whole queue (--phase rest) finishes inside one 180-minute
 # session on 2 CPU cores: run directories do not outlive a session here, so a queue that needs
@@ -76,6 +78,13 @@ def sweep_name(model: str, optimizer: str, lr: float, seed: int = 0) -> str:
     return f"{model}-{optimizer}-{lr:g}-s{seed}"
 
 
+def parent_runs(optimizer: str, lr: float) -> list[Run]:
+    """The parent blocks' short runs, and Lite FP32 under the same protocol as their reference."""
+    protocol = tuple(PARENT.items())
+    lite = Run(f"{sweep_name(LITE, optimizer, lr)}-{PARENT['steps']}steps", LITE, optimizer, lr, protocol=protocol)
+    return [lite, *(Run(sweep_name(m, optimizer, lr), m, optimizer, lr, protocol=protocol) for m in PARENTS)]
+
+
 def final_valid_bpb(run_dir: Path) -> float | None:
     """Valid bpb at the run's last step, or None while the run is unfinished."""
     if not (run_dir / "metrics.jsonl").is_file():
@@ -102,9 +111,7 @@ def plan(phase: str, runs_dir: Path) -> list[Run]:
         return [Run(sweep_name(m, *best_setting(runs_dir, m), seed), m, *best_setting(runs_dir, m), seed)
                 for seed in SEEDS for m in (LITE, VANILLA)]
     if phase == "parent":
-        opt, lr = best_setting(runs_dir, LITE)
-        return [Run(sweep_name(m, opt, lr), m, opt, lr, protocol=tuple(PARENT.items()))
-                for m in ("tilelli-fp32", "tilelli-ternary")]
+        return parent_runs(*best_setting(runs_dir, LITE))
     if phase == "main":
         lite, vanilla = best_setting(runs_dir, LITE), best_setting(runs_dir, VANILLA)
         main = tuple(MAIN.items())

@@ -2,7 +2,8 @@
 
 Re-prepares the TinyStories slices from ../shared/data, re-evaluates every checkpoint under
 checkpoints/, and compares: params, storage, step, tokens and epochs exactly; valid and OOD
-bpb within 0.2 % (float reductions differ slightly between CPUs); the CI bounds within 1 %.
+bpb within 0.2 % (float reductions differ slightly between CPUs); the CI bounds within 1 %;
+each ternary model's bpb ratio to Lite FP32 (its ternary gap) within 0.4 %.
 Exits 1 and names every number that does not reproduce. About 15 minutes on 2 CPU cores.
 
     python reproduce/quality.py
@@ -19,20 +20,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from checker import Checker  # noqa: E402
-from quality import RESULTS, SHIPPED_DIR, measure, prepared_data  # noqa: E402
+from quality import RESULTS, SHIPPED_DIR, measure, prepared_data, ternary_ratios  # noqa: E402
 
-BPB_TOLERANCE, CI_TOLERANCE = 0.002, 0.01
+BPB_TOLERANCE, CI_TOLERANCE, RATIO_TOLERANCE = 0.002, 0.01, 0.004
 EXACT = ("config", "params", "weights", "bits_per_weight", "checkpoint_kb", "step", "tokens", "epochs")
 
 
 def main() -> int:
     torch.set_num_threads(2)
     checker = Checker()
-    published = json.loads((RESULTS / "quality.json").read_text())["rows"]
+    result = json.loads((RESULTS / "quality.json").read_text())
+    published, measured = result["rows"], []
     with tempfile.TemporaryDirectory() as tmp:
         meta = prepared_data(Path(tmp))
         for row in published:
             now = measure(SHIPPED_DIR / row["name"], Path(tmp), meta)
+            measured.append(now)
             for key in EXACT:
                 checker.check(f"{row['name']} {key}", row[key], now[key])
             for split, pub, got in [("valid", row["valid"], now["valid"]),
@@ -40,6 +43,8 @@ def main() -> int:
                 checker.check(f"{row['name']} {split} bpb", pub["bpb"], got["bpb"], BPB_TOLERANCE)
                 for i, end in enumerate(("low", "high")):
                     checker.check(f"{row['name']} {split} CI {end}", pub["ci"][i], got["ci"][i], CI_TOLERANCE)
+    for name, ratio in result["ternary_over_fp32"].items():
+        checker.check(f"{name} valid bpb / Lite FP32's", ratio, ternary_ratios(measured).get(name), RATIO_TOLERANCE)
     return checker.finish("quality")
 
 

@@ -1,0 +1,95 @@
+"""The checkpoints that ship under checkpoints/: each one loads, records how it was made, is the
+step its run validated best, and has learned TinyStories; the default command uses the packed
+Lite ternary one. These read the committed files, so they fail when a shipped file is damaged."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SHARED_DATA
+
+from tilelli import checkpoint
+from tilelli.config import from_name
+from tilelli.evaluate import evaluate_bpb
+from tilelli.models import build_model
+from tilelli.runs import read_metrics
+
+# shipped name -> (named config, how the weights are stored)
+SHIPPED = {"tilelli-lite-ternary": ("tilelli-lite-ternary", "packed trits"),
+           "tilelli-lite-ternary-scratch": ("tilelli-lite-ternary", "packed trits"),
+           "tilelli-lite-fp32": ("tilelli-lite-fp32", "bfloat16"),
+           "vanilla-fp32": ("vanilla-fp32", "bfloat16")}
+VALID = SHARED_DATA / "tinystories" / "TinyStories-valid.head800KB.no-story-delims.txt"
+
+
+@pytest.fixture(params=sorted(SHIPPED))
+def name(request) -> str:
+    return request.param
+
+
+def test_the_models_ship_and_the_default_is_the_fp32_checkpoint_continued_as_ternary():
+    assert set(SHIPPED) <= {p.name for p in checkpoint.SHIPPED_DIR.iterdir() if (p / "config.json").is_file()}
+    assert checkpoint.DEFAULT_MODEL == "tilelli-lite-ternary"
+    twin = checkpoint.read_config(checkpoint.SHIPPED_DIR / "tilelli-lite-ternary")
+    fp32 = checkpoint.read_config(checkpoint.SHIPPED_DIR / "tilelli-lite-fp32")
+    assert twin["init"]["checkpoint"] == fp32["exported_from"]  # "the same checkpoint twice"
+    assert twin["train"]["init_from"] == fp32["exported_from"]
+
+
+def test_shipped_checkpoint_records_how_it_was_made(name):
+    ckpt = checkpoint.SHIPPED_DIR / name
+    cfg = checkpoint.read_config(ckpt)
+    run = json.loads((ckpt / "run.json").read_text())
+    assert cfg["train"]["model"] == SHIPPED[name][0] == run["train"]["model"]
+    assert run["command"][1] == "train" and "--model" in run["command"]
+    assert len(run["git"]["commit"]) == 40 and run["machine"]["device"]
+    assert all(len(run["data"][k]) == 64 for k in ("train_sha256", "valid_sha256"))
+    train, valid = read_metrics(ckpt)
+    assert train and valid
+    assert cfg["step"] == min(valid, key=lambda r: r["valid_bpb"])["step"]  # exported with --best
+
+
+def test_shipped_weights_are_stored_as_claimed(name):
+    ckpt = checkpoint.SHIPPED_DIR / name
+    cfg = checkpoint.read_config(ckpt)
+    assert cfg["file_bytes"] == (ckpt / "model.safetensors").stat().st_size
+    if SHIPPED[name][1] == "packed trits":
+        assert cfg["packed"] and cfg["bits_per_weight"] <= 1.7
+        assert cfg["file_bytes"] < 6 * 1024 * 1024
+    else:
+        assert cfg["weights_dtype"] == "bfloat16" and not cfg["packed"]
+        check = cfg["bf16_check"]
+        assert abs(check["bf16_bpb"] - check["fp32_bpb"]) < 0.002 and check["bytes"] > 700_000  # the valid slice
+
+
+def test_shipped_model_loads_with_its_named_architecture(name):
+    model = checkpoint.load(checkpoint.SHIPPED_DIR / name)
+    assert model.config == from_name(SHIPPED[name][0])
+    named = build_model(model.config).num_params()
+    assert checkpoint.read_config(checkpoint.SHIPPED_DIR / name)["params"] == named
+
+
+@pytest.mark.skipif(not VALID.is_file(), reason="needs ../shared/data/tinystories")
+def test_shipped_model_has_learned_tinystories(name, tmp_path):
+    """bpb on the first 16 KB of the valid slice: far below the 8 bits of a uniform byte."""
+    (tmp_path / "v.txt").write_bytes(VALID.read_bytes()[: 16 * 1024])
+    torch.manual_seed(0)
+    result = evaluate_bpb(checkpoint.load(checkpoint.SHIPPED_DIR / name), tmp_path / "v.txt", 4, 256)
+    assert result.bytes > 16_000 and result.bpb < 2.3
+
+
+def test_default_command_generates_with_the_shipped_ternary_model():
+    env = {k: v for k, v in os.environ.items() if k != "TILELLI_CHECKPOINT"}
+    proc = subprocess.run([sys.executable, "-m", "tilelli", "generate", "--prompt", "Once upon a time",
+                           "--max-new-tokens", "40", "--seed", "0", "--json"],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=Path.home())
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["prompt"] == "Once upon a time" and len(result["confidence"]) == 40
+    assert sum(c > 0.5 for c in result["confidence"]) > 10  # a trained model is mostly sure of the next byte
