@@ -43,8 +43,9 @@ def main() -> int:
                 checker.check(f"{row['name']} {split} bpb", pub["bpb"], got["bpb"], BPB_TOLERANCE)
                 for i, end in enumerate(("low", "high")):
                     checker.check(f"{row['name']} {split} CI {end}", pub["ci"][i], got["ci"][i], CI_TOLERANCE)
+    ratios = ternary_ratios(measured)
     for name, ratio in result["ternary_over_fp32"].items():
-        checker.check(f"{name} valid bpb / Lite FP32's", ratio, ternary_ratios(measured).get(name), RATIO_TOLERANCE)
+        checker.check(f"{name} valid bpb / Lite FP32's", ratio, ratios.get(name), RATIO_TOLERANCE)
     return checker.finish("quality")
 
 
