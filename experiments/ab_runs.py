@@ -61,12 +61,15 @@ class Run:
     seed: int = 0
     protocol: tuple[tuple[str, int], ...] = tuple(SHORT.items())
     init_from: str = ""
+    overrides: tuple[str, ...] = ()  # FIELD=VALUE changes of the model config
 
     def args(self, data: str, out: Path, threads: int) -> list[str]:
         args = ["--model", self.model, "--data", data, "--out", str(out), "--optimizer", self.optimizer,
                 "--lr", f"{self.lr:g}", "--seed", str(self.seed), "--threads", str(threads)]
         for key, value in self.protocol:
             args += [f"--{key.replace('_', '-')}", str(value)]
+        for item in self.overrides:
+            args += ["--override", item]
         return args + (["--init-from", self.init_from] if self.init_from else [])
 
     @property
