@@ -65,7 +65,7 @@ def test_generate_reports_full_context(capsysbinary, ckpt):
     (["generate", "--checkpoint", "CKPT", "--prompt", "x" * 65], "context is 64"),
     (["generate", "--checkpoint", "CKPT", "--prompt", "a", "--max-new-tokens", "-1"], "must be >= 0"),
     (["generate", "--checkpoint", "CKPT", "--prompt", "a", "--temperature", "-1"], "must be >= 0"),
-    (["generate", "--checkpoint", "CKPT", "--prompt", "a", "--top-p", "2"], "top_p"),
+    (["generate", "--checkpoint", "CKPT", "--prompt", "a", "--top-p", "2"], "top-p"),
 ])
 def test_bad_input_is_one_line_exit_2(capsysbinary, ckpt, args, msg):
     code, _, err = run_cli(capsysbinary, *[str(ckpt) if a == "CKPT" else a for a in args])

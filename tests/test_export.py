@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tilelli import checkpoint
+from tilelli import checkpoint, checkpoint_files
 from tilelli.cli import main
 from tilelli.runs import list_checkpoints, read_metrics
 
@@ -33,8 +33,8 @@ def test_packed_export_carries_the_run_and_is_the_default_model(runs, tmp_path, 
     assert cfg["packed"] and cfg["bits_per_weight"] <= 1.7 and cfg["step"] == 6
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.jsonl", "model.safetensors", "run.json"]
     assert json.loads((out / "run.json").read_text())["train"]["steps"] == 6
-    monkeypatch.setattr(checkpoint, "SHIPPED_DIR", tmp_path)
-    monkeypatch.setattr(checkpoint, "DEFAULT_MODEL", "ship")
+    monkeypatch.setattr(checkpoint_files, "SHIPPED_DIR", tmp_path)
+    monkeypatch.setattr(checkpoint_files, "DEFAULT_MODEL", "ship")
     monkeypatch.delenv("TILELLI_CHECKPOINT", raising=False)
     capsys.readouterr()
     assert main(["generate", "--prompt", "Once", "--max-new-tokens", "5", "--seed", "0", "--json"]) == 0
@@ -45,7 +45,7 @@ def test_packed_export_carries_the_run_and_is_the_default_model(runs, tmp_path, 
 
 
 def test_missing_default_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(checkpoint, "SHIPPED_DIR", tmp_path)
+    monkeypatch.setattr(checkpoint_files, "SHIPPED_DIR", tmp_path)
     monkeypatch.delenv("TILELLI_CHECKPOINT", raising=False)
     assert main(["generate", "--prompt", "Once"]) == 2
     err = capsys.readouterr().err

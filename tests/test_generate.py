@@ -1,9 +1,10 @@
+import numpy as np
 import pytest
 import torch
 from conftest import tiny
 
 from tilelli.errors import TilelliError
-from tilelli.generate import SamplingConfig, filter_logits, generate, stream
+from tilelli.generate import Batch, SamplingConfig, as_decoder, filter_logits, generate, generate_batch, stream
 from tilelli.models import build_model
 
 
@@ -44,7 +45,7 @@ def test_golden_sample_from_tiny_seeded_model():
     # Pinned output of a fixed tiny model: any change to init, forward or sampling shows up here.
     model = seeded_model()
     out, _, _ = generate(model, b"The cat", SamplingConfig(max_new_tokens=12, temperature=0.9, seed=7))
-    assert out == b"\xc8\x88\xb3Wv\x04\xb7\xbd\xb3v\xaa\t"
+    assert out == b"\xa0\xe6\xc69M\xe0\x01\xd2\xccvMG"  # numpy sampling (since the batched loop)
 
 
 def test_seed_makes_sampling_reproducible():
@@ -63,20 +64,70 @@ def test_top_k_1_and_tiny_top_p_are_greedy():
 
 
 def test_filter_logits():
-    logits = torch.tensor([4.0, 3.0, 2.0, 1.0])
-    assert torch.isinf(filter_logits(logits, 2, 1.0)).tolist() == [False, False, True, True]
-    p = logits.softmax(-1)  # [0.64, 0.24, 0.09, 0.03]
-    assert torch.isinf(filter_logits(logits, 0, 0.8)).tolist() == [False, False, True, True]
-    assert torch.isinf(filter_logits(logits, 0, float(p[0]) - 0.01)).tolist() == [False, True, True, True]
+    logits = np.array([4.0, 3.0, 2.0, 1.0])
+    assert np.isinf(filter_logits(logits, 2, 1.0)).tolist() == [False, False, True, True]
+    p = np.exp(logits) / np.exp(logits).sum()  # [0.64, 0.24, 0.09, 0.03]
+    assert np.isinf(filter_logits(logits, 0, 0.8)).tolist() == [False, False, True, True]
+    assert np.isinf(filter_logits(logits, 0, float(p[0]) - 0.01)).tolist() == [False, True, True, True]
 
 
-def test_stop_sequence_is_kept_and_ends_generation():
+def test_stop_sequence_ends_generation_and_is_not_output():
     model = seeded_model()
     full, _, _ = generate(model, b"abc", SamplingConfig(max_new_tokens=30, temperature=0))
     stop = full[5:7]
     first = full.find(stop)
-    out, _, reason = generate(model, b"abc", SamplingConfig(max_new_tokens=30, temperature=0, stop=(stop,)))
-    assert reason == "stop" and out == full[:first + len(stop)]
+    out, probs, reason = generate(model, b"abc", SamplingConfig(max_new_tokens=30, temperature=0, stop=(stop,)))
+    assert reason == "stop" and out == full[:first] and len(probs) == first
+
+
+def test_partial_stop_sequence_is_held_back_while_streaming():
+    # the stream must never show the first bytes of a stop sequence that then completes
+    model = seeded_model()
+    full, _, _ = generate(model, b"abc", SamplingConfig(max_new_tokens=30, temperature=0))
+    stop = full[8:12]
+    first = full.find(stop)
+    batch = Batch(as_decoder(model))
+    s = batch.add(b"abc", SamplingConfig(max_new_tokens=30, temperature=0, stop=(stop,)))
+    seen = bytearray()
+    while not s.done:
+        for _, released in batch.step():
+            seen += bytes(t.byte for t in released)
+            assert stop[:1] not in seen[first:]  # nothing of the stop sequence ever escapes
+    assert bytes(seen) == full[:first] and s.stop_reason == "stop"
+
+
+def test_held_back_bytes_are_released_when_the_stop_cannot_complete():
+    model = seeded_model()
+    full, _, _ = generate(model, b"abc", SamplingConfig(max_new_tokens=10, temperature=0))
+    never = full[-1:] + b"\x00\x00\x00"  # starts like the last byte, but generation ends first
+    out, _, reason = generate(model, b"abc", SamplingConfig(max_new_tokens=10, temperature=0, stop=(never,)))
+    assert out == full and reason == "max_new_tokens"
+
+
+def test_batched_generation_equals_one_by_one():
+    model = seeded_model()
+    prompts = [b"a", b"Once upon a time", b"xyz" * 7]
+    cfgs = [SamplingConfig(max_new_tokens=n, temperature=t, seed=s) for n, t, s in ((12, 0, None), (20, 0.9, 3),
+                                                                                    (5, 1.0, 4))]
+    together = generate_batch(model, prompts, cfgs)
+    assert together == [generate(model, p, c) for p, c in zip(prompts, cfgs, strict=True)]
+
+
+def test_cancel_removes_a_stream_at_once():
+    batch = Batch(as_decoder(seeded_model()))
+    a = batch.add(b"abc", SamplingConfig(max_new_tokens=50, temperature=0))
+    b = batch.add(b"xyz", SamplingConfig(max_new_tokens=50, temperature=0))
+    batch.step()
+    batch.cancel(a)
+    assert batch.streams == [b] and a.stop_reason == "cancelled" and a.state is None
+    batch.step()
+    assert len(b.out) == 2 and len(a.out) == 1
+
+
+def test_generation_leaves_the_train_mode_alone():
+    model = seeded_model().train()
+    generate(model, b"abc", SamplingConfig(max_new_tokens=3, temperature=0))
+    assert model.training
 
 
 def test_stream_yields_bytes_one_by_one():

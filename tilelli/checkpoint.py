@@ -29,21 +29,24 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
+from tilelli.checkpoint_files import (  # noqa: F401  (re-exported: the torch-free half of this module)
+    CONFIG_FILE,
+    DEFAULT_MODEL,
+    FORMAT,
+    FORMAT_VERSION,
+    SHIPPED_DIR,
+    WEIGHTS_FILE,
+    checkpoint_dir,
+    default_checkpoint,
+    read_config,
+)
 from tilelli.config import ModelConfig
 from tilelli.errors import TilelliError
 from tilelli.packing import pack_trits, packed_size, unpack_trits
-from tilelli.runs import list_checkpoints
 from tilelli.ternary import TernaryModule
 
-FORMAT = "tilelli"
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 _META_SHAPES = "tilelli.packed_shapes"  # safetensors metadata: JSON {prefix: weight shape}
 _META_ALIASES = "tilelli.aliases"  # JSON {name: name it shares storage with}
-# checkpoints that ship with the repository; `tilelli generate` without --checkpoint uses DEFAULT_MODEL
-SHIPPED_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
-DEFAULT_MODEL = "tilelli-lite-ternary"
 _RESERVED = ("format", "format_version", "packed", "weights_dtype", "model", "params", "ternary_weights",
              "packed_bytes", "bits_per_weight", "file_bytes")
 # tensors a TernaryModule owns itself; a packed checkpoint replaces them by .trits / .scale
@@ -185,31 +188,6 @@ def _write_atomic(target: Path, data: bytes) -> None:
 
 # --- load -------------------------------------------------------------------------------
 
-def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The checked contents of a checkpoint's config.json (format and version verified)."""
-    ckpt = checkpoint_dir(path)
-    cfg_path = ckpt / CONFIG_FILE
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TilelliError(f"{cfg_path} is not valid JSON ({e}); the checkpoint is damaged, "
-                           "re-save it or restore config.json") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        got = cfg.get("format") if isinstance(cfg, dict) else type(cfg).__name__
-        raise TilelliError(f"{cfg_path} is not a tilelli checkpoint config (format={got!r}, "
-                           f"expected {FORMAT!r})")
-    version = cfg.get("format_version")
-    if version != FORMAT_VERSION:
-        hint = "upgrade tilelli" if isinstance(version, int) and version > FORMAT_VERSION else \
-            "re-save the checkpoint with this tilelli"
-        raise TilelliError(f"{ckpt} was written by tilelli format {version}; this tilelli reads "
-                           f"{FORMAT_VERSION} ({hint})")
-    if not isinstance(cfg.get("model"), dict) or not isinstance(cfg.get("packed"), bool):
-        raise TilelliError(f"{cfg_path} lacks a 'model' config object or a boolean 'packed' flag; "
-                           "the checkpoint is damaged, re-save it")
-    return cfg
-
-
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model described by `path/config.json` with the weights of
     `path/model.safetensors` (FP32 or packed) on `device`, in eval mode."""
@@ -236,35 +214,6 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
         _load_trits(model, tensors, metadata, ckpt)
     _load_state(model, tensors, ckpt)
     return model.to(device).eval()
-
-
-def default_checkpoint() -> Path:
-    """$TILELLI_CHECKPOINT if set, else the shipped Lite ternary model of a repository checkout."""
-    env = os.environ.get("TILELLI_CHECKPOINT")
-    path = Path(env) if env else SHIPPED_DIR / DEFAULT_MODEL
-    if not env and not (path / CONFIG_FILE).is_file():
-        raise TilelliError(f"no --checkpoint given and the shipped model is not at {path} (it comes with a clone "
-                           "of the repository, installed with pip install -e .); pass --checkpoint DIR")
-    return path
-
-
-def checkpoint_dir(path: str | os.PathLike) -> Path:
-    """The checkpoint directory `path` names: itself, the directory of a file inside it, or a
-    training run's newest checkpoint; a clear error when there is none."""
-    path = Path(path)
-    if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE):
-        path = path.parent  # the user pointed at a file inside the checkpoint: fine
-    if not path.exists():
-        raise TilelliError(f"no checkpoint at {path}: the directory does not exist")
-    if not path.is_dir():
-        raise TilelliError(f"{path} is not a checkpoint directory (expected a directory holding "
-                           f"{CONFIG_FILE} and {WEIGHTS_FILE})")
-    if not (path / CONFIG_FILE).is_file() and list_checkpoints(path):
-        path = list_checkpoints(path)[-1]  # a training run directory: its newest checkpoint
-    if not (path / CONFIG_FILE).is_file():
-        raise TilelliError(f"{path} is not a tilelli checkpoint: it has no {CONFIG_FILE} "
-                           f"(a checkpoint directory holds {CONFIG_FILE} and {WEIGHTS_FILE})")
-    return path
 
 
 def _read_weights(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -8,6 +8,8 @@ Training settings (steps, learning rate, ...) live in the trainer's own dataclas
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,6 +32,12 @@ class TernaryOptions:
     hadamard: bool = False  # rotate by an orthonormal Hadamard transform before quantizing
     lsq: bool = False  # learned step size: the scale is a trained parameter
     fp_attention: bool = False  # keep the attention Q/K/V projections in FP32
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            problem = field_type_error(f.name, getattr(self, f.name))
+            if problem:
+                raise TilelliError(f"invalid ternary options: {f.name}={getattr(self, f.name)!r}; {problem}")
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,10 @@ class ModelConfig:
         def bad(msg: str) -> None:
             raise TilelliError(f"invalid model config: {msg}")
 
+        for f in dataclasses.fields(self):  # a wrong type first: the range checks below would fail on it
+            problem = field_type_error(f.name, getattr(self, f.name))
+            if problem:
+                bad(f"{f.name}={getattr(self, f.name)!r}; {problem}")
         if self.arch not in ("lite", "parent", "vanilla"):
             bad(f"arch {self.arch!r}; expected 'lite', 'parent' or 'vanilla'")
         for name in ("d_model", "n_layers", "vocab_size", "max_seq_len", "n_heads", "expand",
@@ -126,6 +138,37 @@ class ModelConfig:
         if unknown_t:
             raise TilelliError(f"config has unknown ternary fields {sorted(unknown_t)}")
         return cls(ternary=TernaryOptions(**tern), **d)
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    """Field name -> declared type, for ModelConfig and (by their own names) TernaryOptions."""
+    return {**typing.get_type_hints(TernaryOptions), **typing.get_type_hints(ModelConfig)}
+
+
+def field_type_error(name: str, value: Any) -> str | None:
+    """None when `value` has the type field `name` declares, else what the field takes
+    ("d_model takes an integer"). A config field must be checked before it is compared or
+    multiplied, or a wrong type surfaces as an internal message ("'<' not supported ...").
+    Ints pass for float fields; bools do not pass for numbers (JSON true is not 1)."""
+    declared = _field_types().get(name)
+    if declared is None:
+        return None
+    if typing.get_origin(declared) is Literal:
+        choices = typing.get_args(declared)
+        if value in choices and isinstance(value, str):
+            return None
+        return f"{name} takes one of {', '.join(map(repr, choices))}"
+    if declared is bool:
+        return None if isinstance(value, bool) else f"{name} takes true or false"
+    if declared is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else f"{name} takes an integer"
+    if declared is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if ok else f"{name} takes a number"
+    if declared is TernaryOptions:
+        return None if isinstance(value, TernaryOptions) else f"{name} takes a TernaryOptions"
+    return None
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,9 +1,16 @@
-"""The one exception type a user can act on.
+"""The exceptions the CLI turns into one line instead of a traceback.
 
 Anything raised as `TilelliError` is printed by the CLI as a single line on stderr with exit
-code 2 and no traceback; everything else is a bug and keeps its traceback.
+code 2 and no traceback; everything else is a bug and keeps its traceback. `Interrupted` is a
+handled Ctrl-C (exit code 130).
 """
 
 
 class TilelliError(Exception):
     """A problem with the user's input (bad value, missing file, wrong format): say what and what to do."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, handled: the command stopped cleanly, and the message (possibly empty) says what
+    it saved and how to go on. The CLI prints it as one line and exits 130, like any Ctrl-C;
+    being a KeyboardInterrupt, it still stops a library caller that does not catch it."""

@@ -26,9 +26,9 @@ import torch
 import torch.nn as nn
 
 from tilelli.ternary import TernaryModule
+from tilelli.train_config import OPTIMIZERS  # the names, torch-free, for the CLI's checks
 
 OptimizerName = Literal["adamw", "muon"]
-OPTIMIZERS: tuple[str, ...] = ("adamw", "muon")
 ADAMW_BETAS = (0.9, 0.95)
 
 

@@ -13,8 +13,9 @@ and unpacks in tens of milliseconds.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-import torch
 
 TRITS_PER_BYTE = 5
 _POWERS = np.array([1, 3, 9, 27, 81], dtype=np.uint8)
@@ -29,10 +30,15 @@ def packed_size(n: int) -> int:
     return -(-n // TRITS_PER_BYTE)
 
 
-def pack_trits(codes: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Any-shape codes in {-1, 0, 1} -> uint8 array of ceil(n / 5) bytes (C-order flatten)."""
-    if isinstance(codes, torch.Tensor):
-        codes = codes.detach().cpu().numpy()
+def _numpy(a: Any) -> np.ndarray:
+    """A numpy view of an array or a torch tensor, without importing torch (the inference path is torch-free)."""
+    return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+
+
+def pack_trits(codes: Any) -> np.ndarray:
+    """Any-shape codes in {-1, 0, 1} (numpy array or torch tensor) -> uint8 array of ceil(n / 5)
+    bytes (C-order flatten)."""
+    codes = _numpy(codes)
     flat = np.asarray(codes).reshape(-1)
     if flat.size == 0:
         raise ValueError("nothing to pack: the codes are empty")
@@ -54,11 +60,9 @@ def pack_trits(codes: np.ndarray | torch.Tensor) -> np.ndarray:
     return out
 
 
-def unpack_trits(packed: np.ndarray, n: int) -> np.ndarray:
+def unpack_trits(packed: Any, n: int) -> np.ndarray:
     """The first n trits of a `pack_trits` buffer, as a flat int8 array in {-1, 0, 1}."""
-    if isinstance(packed, torch.Tensor):
-        packed = packed.detach().cpu().numpy()
-    buf = np.asarray(packed)
+    buf = _numpy(packed)
     if buf.dtype != np.uint8:
         raise ValueError(f"packed trits must be uint8 bytes, got dtype {buf.dtype}")
     buf = buf.reshape(-1)

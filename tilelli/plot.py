@@ -34,7 +34,11 @@ def smooth(values: Sequence[float], window: int) -> list[float]:
 
 def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     """Overlay every run's train bpb (thin raw line, thick smoothed line) and valid bpb
-    (dashed, with markers) into one PNG at `out`."""
+    (dashed, with markers) into one PNG at `out`. The runs are read before matplotlib is
+    imported, so that a wrong RUN_DIR is reported at once."""
+    if not run_dirs:
+        raise TilelliError("no RUN_DIR given")
+    runs = [(Path(d), *read_metrics(d)) for d in run_dirs]
     try:
         import matplotlib
 
@@ -42,9 +46,6 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise TilelliError("plotting needs matplotlib: pip install matplotlib") from None
-    if not run_dirs:
-        raise TilelliError("no RUN_DIR given")
-    runs = [(Path(d), *read_metrics(d)) for d in run_dirs]
     fig, ax = plt.subplots(figsize=(9, 5.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (run_dir, train, valid) in enumerate(runs):

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tilelli.errors import TilelliError
+from tilelli.paths import check_writable_dir, created_dirs
 
 DEFAULT_DELIMITER = "<|endoftext|>"
 FORMATS = ("auto", "txt", "jsonl", "tinystories")
@@ -192,6 +193,7 @@ def _check_input(path: str | Path, role: str, fmt: str) -> _Source:
 
 
 def _check_out_dir(out_dir: str | Path, force: bool) -> Path:
+    """The output directory, checked (not yet created): writable, and not holding bins unless `force`."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise TilelliError(f"--out {out} exists and is not a directory")
@@ -200,7 +202,7 @@ def _check_out_dir(out_dir: str | Path, force: bool) -> Path:
         raise TilelliError(
             f"{out} already holds {', '.join(existing)}; pass --force to overwrite or choose another --out"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(out, "--out")
     return out
 
 
@@ -290,7 +292,8 @@ def prepare(
     With `valid` files, inputs become train.bin and those files valid.bin. Without, a seeded
     random choice of whole documents (`valid_fraction` of them) goes to valid.bin; a txt input
     with no delimiter at all is then split on blank lines (recorded as unit "paragraph"), since
-    one document per file could not be split. Nothing is left in out_dir if it fails.
+    one document per file could not be split. Nothing is left if it fails: no partial file,
+    and no directory that this call created.
     """
     if not inputs:
         raise TilelliError("no INPUT given; pass .txt/.jsonl files (before --valid) or --hf-tinystories")
@@ -313,56 +316,59 @@ def prepare(
     sep = delimiter.encode("utf-8") + b"\n"
     sources = train_src + valid_src
     total = sum(s.bytes for s in sources) * (1 if explicit else 2)
-    writers = {name: _BinWriter(out / f"{name}.bin", sep) for name in ("train", "valid")}
-    meta_partial = out / ".meta.json.partial"
-    try:
-        with _progress_bar(total, progress) as bar:
-            if explicit:
-                for s in train_src:
-                    for doc in _scan(s, delimiter, field, bar):
-                        writers["train"].write(doc)
-                for s in valid_src:
-                    for doc in _scan(s, delimiter, field, bar):
-                        writers["valid"].write(doc)
-                split = {"rule": "explicit", "valid_files": [str(s.path) for s in valid_src]}
-            else:
-                n = sum(1 for s in train_src for _ in _scan(s, delimiter, field, bar))
-                is_valid = _choose_valid(n, valid_fraction, seed)
-                i = 0
-                for s in train_src:
-                    for doc in _scan(s, delimiter, field, bar):
-                        writers["valid" if is_valid[i] else "train"].write(doc)
-                        i += 1
-                if i != n:
-                    raise TilelliError(f"inputs changed while being read ({n} then {i} documents); run again")
-                split = {"rule": "random-documents", "valid_fraction": valid_fraction, "seed": seed,
-                         "valid_documents": int(is_valid.sum()),
-                         "paragraph_split": [str(s.path) for s in train_src if s.unit == "paragraph"]}
-        from tilelli import __version__
+    with created_dirs(out):  # on failure, the directories made here go again (only those)
+        writers: dict[str, _BinWriter] = {}
+        meta_partial = out / ".meta.json.partial"
+        try:
+            for name in ("train", "valid"):
+                writers[name] = _BinWriter(out / f"{name}.bin", sep)
+            with _progress_bar(total, progress) as bar:
+                if explicit:
+                    for s in train_src:
+                        for doc in _scan(s, delimiter, field, bar):
+                            writers["train"].write(doc)
+                    for s in valid_src:
+                        for doc in _scan(s, delimiter, field, bar):
+                            writers["valid"].write(doc)
+                    split = {"rule": "explicit", "valid_files": [str(s.path) for s in valid_src]}
+                else:
+                    n = sum(1 for s in train_src for _ in _scan(s, delimiter, field, bar))
+                    is_valid = _choose_valid(n, valid_fraction, seed)
+                    i = 0
+                    for s in train_src:
+                        for doc in _scan(s, delimiter, field, bar):
+                            writers["valid" if is_valid[i] else "train"].write(doc)
+                            i += 1
+                    if i != n:
+                        raise TilelliError(f"inputs changed while being read ({n} then {i} documents); run again")
+                    split = {"rule": "random-documents", "valid_fraction": valid_fraction, "seed": seed,
+                             "valid_documents": int(is_valid.sum()),
+                             "paragraph_split": [str(s.path) for s in train_src if s.unit == "paragraph"]}
+            from tilelli import __version__
 
-        meta = {
-            "format": "tilelli-bytes",
-            "format_version": 1,
-            "vocab_size": 256,
-            "dtype": "uint8",
-            "delimiter": delimiter,
-            "document_separator": sep.decode("utf-8"),
-            "sources": [s.meta() for s in sources],
-            "split": split,
-            "train": writers["train"].stats(),
-            "valid": writers["valid"].stats(),
-            "tilelli_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        meta_partial.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        for w in writers.values():
-            w.commit()
-        os.replace(meta_partial, out / "meta.json")
-    except BaseException:
-        for w in writers.values():
-            w.discard()
-        meta_partial.unlink(missing_ok=True)
-        raise
+            meta = {
+                "format": "tilelli-bytes",
+                "format_version": 1,
+                "vocab_size": 256,
+                "dtype": "uint8",
+                "delimiter": delimiter,
+                "document_separator": sep.decode("utf-8"),
+                "sources": [s.meta() for s in sources],
+                "split": split,
+                "train": writers["train"].stats(),
+                "valid": writers["valid"].stats(),
+                "tilelli_version": __version__,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            meta_partial.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            for w in writers.values():
+                w.commit()
+            os.replace(meta_partial, out / "meta.json")
+        except BaseException:
+            for w in writers.values():
+                w.discard()
+            meta_partial.unlink(missing_ok=True)
+            raise
     return meta
 
 

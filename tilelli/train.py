@@ -22,7 +22,6 @@ DDP averages the gradients, and only rank 0 writes files or prints.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import math
@@ -30,12 +29,14 @@ import os
 import platform
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -46,87 +47,16 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from tilelli import checkpoint
-from tilelli.config import ModelConfig, TernaryOptions, from_name, list_configs
+from tilelli.config import ModelConfig, list_configs
 from tilelli.data import ByteBatches, open_bin
-from tilelli.errors import TilelliError
+from tilelli.errors import Interrupted, TilelliError
 from tilelli.evaluate import evaluate_bpb
 from tilelli.models import LM, build_model
-from tilelli.optim import OPTIMIZERS, build_optimizers, lr_at, set_lr
+from tilelli.optim import build_optimizers, lr_at, set_lr
 from tilelli.runs import CHECKPOINTS, METRICS_FILE, RUN_FILE, list_checkpoints, read_metrics
+from tilelli.train_config import TrainConfig  # defined torch-free (the CLI checks it first); used from here
 
 STATE_FILE = "trainer.pt"
-
-
-@dataclass
-class TrainConfig:
-    """Training settings (the model's architecture lives in `ModelConfig`).
-
-    Defaults suit a laptop CPU. `overrides` changes fields of the named model config (tiny
-    test models); `min_lr=None` means lr / 10; `eval_batches=0` evaluates the whole valid
-    file; `threads=0` keeps torch's default.
-    """
-
-    model: str = "tilelli-lite-fp32"
-    data: str = ""
-    out: str = ""
-    overrides: dict[str, Any] = field(default_factory=dict)
-    steps: int = 1000
-    batch_size: int = 16
-    seq_len: int = 256
-    lr: float = 1e-3
-    min_lr: float | None = None
-    warmup: int = 100
-    grad_clip: float = 1.0
-    weight_decay: float = 0.1
-    optimizer: str = "adamw"
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "fp32"
-    compile: bool = False
-    threads: int = 0
-    eval_every: int = 250
-    eval_batches: int = 20
-    ckpt_every: int = 500
-    keep_last: int = 2
-    resume: bool = False
-    init_from: str = ""  # start from this checkpoint's weights (fresh optimizer and schedule)
-    quiet: bool = False  # no progress bar or messages (smoke runs, tests)
-
-    def __post_init__(self) -> None:
-        at_least = {"steps": 1, "batch_size": 1, "seq_len": 1, "warmup": 0, "threads": 0, "eval_every": 0,
-                    "eval_batches": 0, "ckpt_every": 0, "keep_last": 1}
-        for name, low in at_least.items():
-            if getattr(self, name) < low:
-                raise TilelliError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
-        for name in ("lr", "grad_clip", "weight_decay"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0) or (name == "lr" and value == 0):
-                raise TilelliError(f"--{name.replace('_', '-')} must be a finite number "
-                                   f"{'> 0' if name == 'lr' else '>= 0'}, got {value}")
-        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
-            raise TilelliError(f"--min-lr must be in [0, --lr={self.lr}], got {self.min_lr}")
-        choices = {"optimizer": OPTIMIZERS, "device": ("auto", "cpu", "cuda"), "dtype": ("fp32", "bf16")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise TilelliError(f"--{name} {getattr(self, name)!r}; expected one of {', '.join(allowed)}")
-
-    @property
-    def final_lr(self) -> float:
-        return self.lr / 10 if self.min_lr is None else self.min_lr
-
-    def model_config(self) -> ModelConfig:
-        """The named config with `overrides` applied (errors name the unknown field or model)."""
-        known = (set(ModelConfig.__dataclass_fields__) - {"ternary"}) | set(TernaryOptions.__dataclass_fields__)
-        unknown = sorted(set(self.overrides) - known)
-        if unknown:
-            raise TilelliError(f"unknown model field {unknown[0]!r} in --override; known: {', '.join(sorted(known))}")
-        try:
-            return from_name(self.model, **self.overrides)
-        except TypeError as e:  # a value of the wrong type, e.g. d_model="wide"
-            raise TilelliError(f"bad --override for {self.model}: {e}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # --- one optimisation step -----------------------------------------------------------------
@@ -349,11 +279,44 @@ def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
+class StopRequest:
+    """Ctrl-C (SIGINT) during training, deferred to the end of the step it arrives in.
+
+    A KeyboardInterrupt raised wherever Python happens to be would leave a step half done (the
+    batch drawn, one optimiser stepped and not the other), and a checkpoint of that state would
+    not resume bit-identically. So, while this is entered, the first SIGINT only sets
+    `requested` and the trainer stops at the next step boundary; a second one interrupts at
+    once, as usual. Only the main thread can take signals, and a handler someone else installed
+    (or SIGINT ignored, as in a `nohup` run) is left alone.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._installed = False
+
+    def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl-C stops at once
+
+    def __enter__(self) -> StopRequest:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self._installed = False
+
+
 # --- the trainer -------------------------------------------------------------------------------
 
 class Trainer:
     """Phases: `setup()` checks every input and builds (or restores) model, optimisers and
-    data; `train()` runs steps to `cfg.steps` with logging, validation and checkpoints;
+    data; `train()` runs steps to `cfg.steps` with logging, validation and checkpoints (and
+    on Ctrl-C stops after the current step with a checkpoint of it, raising `Interrupted`);
     `cleanup()` closes files and the process group. `run()` does all three."""
 
     def __init__(self, cfg: TrainConfig) -> None:
@@ -365,6 +328,8 @@ class Trainer:
         self.progress: Any = None
         self.last_valid: float | None = None
         self.last_checkpoint: Path | None = None
+        self.stop = StopRequest()
+        self.stop_agreed = False  # under DDP: some rank had a Ctrl-C by the last step's all-reduce
 
     @property
     def talk(self) -> bool:
@@ -378,15 +343,8 @@ class Trainer:
 
     def _check_inputs(self) -> None:
         cfg = self.cfg
-        if not cfg.data or not cfg.out:
-            raise TilelliError("--data DIR and --out RUN_DIR are required (or use --smoke)")
-        self.model_cfg = cfg.model_config()
-        if cfg.seq_len > self.model_cfg.max_seq_len:
-            raise TilelliError(f"--seq-len {cfg.seq_len} exceeds {cfg.model}'s max_seq_len "
-                               f"{self.model_cfg.max_seq_len}; use a shorter --seq-len")
+        self.model_cfg = cfg.check_inputs()  # the torch-free checks the CLI ran before importing us
         self.data_dir = Path(cfg.data)
-        if not self.data_dir.is_dir():
-            raise TilelliError(f"data dir {self.data_dir} does not exist; make it with `tilelli prepare`")
         self.batches = ByteBatches(self.data_dir / "train.bin", cfg.batch_size, cfg.seq_len, cfg.seed,
                                    self.dist.rank, self.dist.world_size)
         self.valid_path = self.data_dir / "valid.bin"
@@ -394,11 +352,6 @@ class Trainer:
             open_bin(self.valid_path)  # fail now, not at the first validation
         self.out = Path(cfg.out)
         existing = list_checkpoints(self.out)
-        if cfg.resume and not existing:
-            raise TilelliError(f"--resume but {self.out} holds no checkpoint; drop --resume to start a new run")
-        if not cfg.resume and existing:
-            raise TilelliError(f"{self.out} already holds a run (checkpoint {existing[-1].name}); "
-                               "add --resume to continue it or choose another --out")
         self.resume_from = existing[-1] if cfg.resume else None
         self.init_ckpt = checkpoint.checkpoint_dir(cfg.init_from) if cfg.init_from else None
 
@@ -516,36 +469,59 @@ class Trainer:
     # -- train ----------------------------------------------------------------------------
 
     def train(self) -> dict[str, Any] | None:
-        """Run steps until `cfg.steps`; returns the last step's metrics (None if none ran)."""
+        """Run steps until `cfg.steps`; returns the last step's metrics (None if none ran).
+
+        Ctrl-C stops after the step it arrives in, which is checkpointed (see `_interrupted`)."""
         cfg = self.cfg
         record = None
-        while self.step < cfg.steps:
-            t0 = time.perf_counter()
-            x, y = self.batches.next_batch()
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            lr = lr_at(self.step, cfg.lr, cfg.final_lr, cfg.warmup, cfg.steps)
-            stats = train_step(self.model, self.optimizers, self.groups, x, y, lr, cfg.grad_clip, self.amp_dtype)
-            self.step += 1
-            self.tokens += self.tokens_per_step
-            record = self._record(stats, lr, t0)
-            if not math.isfinite(record["loss"]):
-                raise TilelliError(f"loss became {record['loss']} at step {self.step}; lower --lr or raise "
-                                   "--warmup (checkpoints written so far are intact)")
-            self._log(record)
-            if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
-                self._validate()
-            if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == cfg.steps:
-                self._checkpoint()
+        with self.stop:
+            while self.step < cfg.steps:
+                t0 = time.perf_counter()
+                x, y = self.batches.next_batch()
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                lr = lr_at(self.step, cfg.lr, cfg.final_lr, cfg.warmup, cfg.steps)
+                stats = train_step(self.model, self.optimizers, self.groups, x, y, lr, cfg.grad_clip,
+                                   self.amp_dtype)
+                self.step += 1
+                self.tokens += self.tokens_per_step
+                record = self._record(stats, lr, t0)
+                if not math.isfinite(record["loss"]):
+                    raise TilelliError(f"loss became {record['loss']} at step {self.step}; lower --lr or raise "
+                                       "--warmup (checkpoints written so far are intact)")
+                self._log(record)
+                if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                    self._validate()
+                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == cfg.steps:
+                    self._checkpoint()
+                stopping = self.stop.requested if self.dist.world_size == 1 else self.stop_agreed
+                if stopping and self.step < cfg.steps:
+                    raise self._interrupted()
         return record
+
+    def _interrupted(self) -> Interrupted:
+        """After a Ctrl-C: checkpoint the step just completed (unless the loop just did), so
+        that `--resume` continues exactly from it, and say so in one line (main process only).
+        Every rank takes the same decision (`_checkpoint` ends in a barrier under DDP)."""
+        cfg = self.cfg
+        if not (cfg.ckpt_every and self.step % cfg.ckpt_every == 0):
+            self._checkpoint()
+        if not self.dist.is_main:
+            return Interrupted("")
+        return Interrupted(f"interrupted at step {self.step}; checkpoint {self.last_checkpoint} written; "
+                           "continue with --resume")
 
     def _record(self, stats: StepStats, lr: float, t0: float) -> dict[str, Any]:
         """The step's metrics line; under DDP the losses and router usage are averaged over ranks."""
         losses = torch.cat([torch.stack([stats.loss, stats.ce, stats.aux]).float(),
                             stats.router_usage.flatten()])
         if self.dist.world_size > 1:
+            # a Ctrl-C flag rides on the step's all-reduce, so that every rank stops after the same step
+            losses = torch.cat([losses, losses.new_tensor([float(self.stop.requested)])])
             dist.all_reduce(losses)
             losses /= self.dist.world_size
         values = losses.tolist()  # the one host sync of the step
+        if self.dist.world_size > 1:
+            self.stop_agreed = values.pop() > 0
         norms = torch.stack([stats.grad_norm, *stats.grad_norms.values()]).tolist()
         loss, ce, aux = values[:3]
         names, n = self.model_cfg.pathways, len(self.model_cfg.pathways)

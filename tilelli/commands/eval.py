@@ -35,16 +35,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    data = Path(args.data)  # the paths first: a typo should not wait for the torch import
+    if data.is_dir():
+        data = data / "valid.bin"
+    if not data.is_file():
+        raise TilelliError(f"{data} is not a file; give a text/.bin file or a data dir holding valid.bin")
+    if args.checkpoint and not Path(args.checkpoint).exists():
+        raise TilelliError(f"no checkpoint at {args.checkpoint}: the directory does not exist")
+
     import torch
 
     from tilelli.checkpoint import default_checkpoint, load
     from tilelli.evaluate import bootstrap_ci, window_losses
 
-    data = Path(args.data)
-    if data.is_dir():
-        data = data / "valid.bin"
-    if not data.is_file():
-        raise TilelliError(f"{data} is not a file; give a text/.bin file or a data dir holding valid.bin")
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load(args.checkpoint or default_checkpoint())

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tilelli.errors import TilelliError
+from tilelli.paths import check_writable_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,15 +53,28 @@ def _source_dir(args: argparse.Namespace) -> Path:
     return checkpoint_dir(source)
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """What can be checked before torch loads: the paths given and the options that go together."""
+    if args.out.exists():
+        raise TilelliError(f"{args.out} already exists; shipped checkpoints are written once, choose another --out")
+    check_writable_dir(args.out, "--out")
+    if not Path(args.checkpoint).exists():
+        raise TilelliError(f"no checkpoint at {args.checkpoint}: the directory does not exist")
+    if args.bf16 and not args.check_data:
+        raise TilelliError("--bf16 needs --check-data (valid data to measure what bf16 costs in bpb)")
+    if args.check_data:
+        data = Path(args.check_data)
+        if not (data / "valid.bin" if data.is_dir() else data).is_file():
+            raise TilelliError(f"--check-data {args.check_data}: no such file or prepared data dir")
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+
     import torch
 
     from tilelli.checkpoint import load, read_config, save
 
-    if args.out.exists():
-        raise TilelliError(f"{args.out} already exists; shipped checkpoints are written once, choose another --out")
-    if args.bf16 and not args.check_data:
-        raise TilelliError("--bf16 needs --check-data (valid data to measure what bf16 costs in bpb)")
     if args.threads:
         torch.set_num_threads(args.threads)
     source = _source_dir(args)

@@ -1,4 +1,9 @@
-"""`tilelli generate`: stream text from a checkpoint to the terminal."""
+"""`tilelli generate`: stream text from a checkpoint to the terminal.
+
+Everything is checked before the model loads, and the default path never imports torch: the
+native engine reads the checkpoint with numpy, so the first byte is on screen a fraction of a
+second after the command starts.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import argparse
 import json
 import sys
 
-from tilelli.errors import TilelliError
+from tilelli.errors import Interrupted, TilelliError
 
 
 def _non_negative_int(s: str) -> int:
@@ -23,6 +28,13 @@ def _non_negative_float(s: str) -> float:
     return v
 
 
+def _probability(s: str) -> float:
+    v = float(s)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"{v} must be in (0, 1]")
+    return v
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint or training run directory (default: the shipped tilelli-lite-ternary, "
@@ -32,30 +44,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=_non_negative_float, default=0.8, help="0 = greedy (default 0.8)")
     parser.add_argument("--top-k", type=_non_negative_int, default=0,
                         help="sample among the k likeliest bytes (0 = off)")
-    parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass in (0, 1] (default 0.95)")
+    parser.add_argument("--top-p", type=_probability, default=0.95,
+                        help="nucleus sampling mass in (0, 1] (default 0.95)")
     parser.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
     parser.add_argument("--stop", action="append", default=[],
-                        help=r"stop after this text (repeatable; escapes like \n work); it is kept in the output")
+                        help=r"stop when this text is produced (repeatable; escapes like \n work); it is not printed")
     parser.add_argument("--show-confidence", action="store_true",
                         help="colour bytes by the model's probability (TTY) and print mean/min confidence on stderr")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (text, per-byte confidence, stop reason)")
-    parser.add_argument("--threads", type=_non_negative_int, default=0, help="torch CPU threads (0 = torch default)")
+    parser.add_argument("--engine", choices=("auto", "native", "torch"), default="auto",
+                        help="auto: the native engine when it can run the model, else PyTorch (default); "
+                             "torch: the PyTorch reference path")
+    parser.add_argument("--threads", type=_non_negative_int, default=0, help="CPU threads (0 = all available)")
     parser.epilog = ("At the model's context limit (max_seq_len bytes, prompt included) generation stops "
-                     "and says so on stderr.")
+                     "and says so on stderr. Ctrl-C stops generation and keeps what was produced.")
 
 
 def _read_prompt(args: argparse.Namespace) -> bytes:
     if args.prompt is not None:
-        return args.prompt.encode("utf-8", errors="surrogateescape")
-    if sys.stdin is None or sys.stdin.isatty():
+        prompt = args.prompt.encode("utf-8", errors="surrogateescape")
+    elif sys.stdin is None or sys.stdin.isatty():
         raise TilelliError("no prompt: pass --prompt TEXT or pipe text on stdin")
-    data = sys.stdin.buffer.read()
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise TilelliError(f"stdin is not valid UTF-8 (byte {e.start}); convert it first, e.g. with iconv") from None
-    return data
+    else:
+        prompt = sys.stdin.buffer.read()
+        try:
+            prompt.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise TilelliError(f"stdin is not valid UTF-8 (byte {e.start}); "
+                               "convert it first, e.g. with iconv") from None
+    if not prompt:
+        raise TilelliError("the prompt is empty; give at least one byte")
+    return prompt
 
 
 def _shade(prob: float) -> str:
@@ -64,40 +84,50 @@ def _shade(prob: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tilelli.checkpoint import default_checkpoint, load
+    from tilelli.checkpoint_files import checkpoint_dir, default_checkpoint, read_config
     from tilelli.generate import SamplingConfig, stream
 
     prompt = _read_prompt(args)
     stops = tuple(s.encode("utf-8").decode("unicode_escape").encode("latin-1") for s in args.stop)
     cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                          top_p=args.top_p, seed=args.seed, stop=stops)
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
-    model = load(args.checkpoint or default_checkpoint())
-    gen = stream(model, prompt, cfg)
+    path = checkpoint_dir(args.checkpoint or default_checkpoint())
+    limit = read_config(path)["model"].get("max_seq_len", 2048)
+    if len(prompt) > limit:
+        raise TilelliError(f"the prompt is {len(prompt)} bytes but the model's context is {limit}; shorten it")
+
+    from tilelli.infer import load_decoder
+
+    gen = stream(load_decoder(path, args.engine, args.threads), prompt, cfg)
     out = sys.stdout.buffer
     colour = args.show_confidence and sys.stdout.isatty() and not args.json
     got, probs = bytearray(), []
     if not args.json:
         out.write(prompt)
         out.flush()
-    for t in gen:
-        got.append(t.byte)
-        probs.append(t.prob)
-        if not args.json:
-            b = bytes([t.byte])
-            out.write(_shade(t.prob).encode() + b + b"\x1b[0m" if colour and _shade(t.prob) else b)
-            out.flush()
+    interrupted = False
+    try:
+        for t in gen:
+            got.append(t.byte)
+            probs.append(t.prob)
+            if not args.json:
+                b = bytes([t.byte])
+                out.write(_shade(t.prob).encode() + b + b"\x1b[0m" if colour and _shade(t.prob) else b)
+                out.flush()
+    except KeyboardInterrupt:
+        interrupted = True
+    reason = "interrupted" if interrupted else gen.stop_reason
     if args.json:
         print(json.dumps({"prompt": prompt.decode("utf-8", "replace"), "text": got.decode("utf-8", "replace"),
-                          "confidence": probs, "stop_reason": gen.stop_reason}))
-        return 0
-    out.write(b"\n")
-    out.flush()
-    if gen.stop_reason == "context":
-        print(f"[stopped: the model's context of {model.config.max_seq_len} bytes is full]", file=sys.stderr)
-    if args.show_confidence and probs:
-        print(f"[confidence: mean {sum(probs) / len(probs):.3f}, min {min(probs):.3f} over {len(probs)} bytes]",
-              file=sys.stderr)
+                          "confidence": probs, "stop_reason": reason}))
+    else:
+        out.write(b"\n")
+        out.flush()
+        if reason == "context":
+            print(f"[stopped: the model's context of {limit} bytes is full]", file=sys.stderr)
+        if args.show_confidence and probs:
+            print(f"[confidence: mean {sum(probs) / len(probs):.3f}, min {min(probs):.3f} over {len(probs)} bytes]",
+                  file=sys.stderr)
+    if interrupted:
+        raise Interrupted(f"interrupted after {len(got)} bytes")
     return 0

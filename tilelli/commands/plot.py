@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tilelli.paths import check_writable_file
 from tilelli.plot import plot_runs
 
 
@@ -15,5 +16,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_writable_file(args.out, "-o/--out")  # before reading the runs and importing matplotlib
     print(plot_runs(args.runs, args.out))
     return 0

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from tilelli.errors import TilelliError
+from tilelli.paths import check_writable_dir
 from tilelli.prepare import DEFAULT_DELIMITER, FORMATS, prepare, prepare_hf_tinystories, summary
 
 
@@ -33,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if args.hf_tinystories:
         if args.inputs or args.valid:
             raise TilelliError("--hf-tinystories fetches its own train and valid files; drop INPUT/--valid")
+        check_writable_dir(args.out, "--out")  # before a download of gigabytes
         meta = prepare_hf_tinystories(args.out, **options)
     else:
         meta = prepare(args.inputs, args.out, valid=args.valid, valid_fraction=args.valid_fraction,

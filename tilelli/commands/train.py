@@ -1,7 +1,8 @@
 """`tilelli train`: train a named config (see tilelli.train); `--smoke` checks every config.
 
 Under `torchrun --nproc_per_node N -m tilelli train ...` it trains data-parallel, with
---batch-size per rank.
+--batch-size per rank. Every argument and path is checked (tilelli.train_config) before the
+trainer, and with it torch, is imported: a typo costs a fraction of a second, not the import.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tilelli.config import list_configs
 from tilelli.errors import TilelliError
-from tilelli.optim import OPTIMIZERS
-from tilelli.train import SmokeResult, TrainConfig, Trainer, smoke
+from tilelli.train_config import OPTIMIZERS, TrainConfig, check_overrides
+
+if TYPE_CHECKING:
+    from tilelli.train import SmokeResult
 
 _D = TrainConfig()  # the defaults shown in --help
 
@@ -63,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """FIELD=VALUE pairs; VALUE is JSON (64, true, "per_token") or else a plain string."""
+    """FIELD=VALUE pairs; VALUE is JSON (64, true, "per_token") or else a plain string. Unknown
+    fields and values of the wrong type are refused here, naming the field and what it takes."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -73,6 +77,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             out[key] = json.loads(text)
         except json.JSONDecodeError:
             out[key] = text
+    check_overrides(out)
     return out
 
 
@@ -86,6 +91,8 @@ def _report(result: SmokeResult) -> None:
 def run(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.override)
     if args.smoke:
+        from tilelli.train import smoke
+
         results = smoke(overrides=overrides, report=_report)
         failed = [r.model for r in results if not r.ok]
         if failed:
@@ -93,5 +100,8 @@ def run(args: argparse.Namespace) -> int:
         return 1 if failed else 0
     fields = set(TrainConfig.__dataclass_fields__) - {"overrides", "quiet"}
     cfg = TrainConfig(overrides=overrides, **{k: getattr(args, k) for k in fields})
+    cfg.check_inputs()  # before torch loads
+    from tilelli.train import Trainer
+
     Trainer(cfg).run()
     return 0

@@ -5,9 +5,10 @@ A kernel module declares `library = NativeLibrary(name, source, declare, what)` 
 into `$TILELLI_CACHE/kernels` (default `~/.cache/tilelli/kernels`) under a name that hashes the
 source, the compiler, the flags and the CPU, into a temporary file renamed into place (so
 concurrent builds are safe), and loaded with ctypes; `declare(lib)` sets the signatures.
-Without a compiler, or if the build fails, it warns once and `available()` stays False:
-callers then use PyTorch. `TILELLI_NO_KERNEL=1` or `with kernel_disabled():` turns every
-kernel off.
+Without a compiler, or if the build fails, `available()` stays False and callers use PyTorch;
+that is said in one `tilelli: note:` line on stderr (see `note`), once per process for a missing
+compiler and once per kernel for a failed build. `TILELLI_NO_KERNEL=1` or
+`with kernel_disabled():` turns every kernel off (silently: that is a choice, not a fallback).
 """
 
 from __future__ import annotations
@@ -18,19 +19,34 @@ import hashlib
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import threading
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the build machinery itself stays torch-free: the inference engine uses it without torch
+    import torch
 
 COMPILER = "cc"
 # IEEE arithmetic (no -ffast-math); `omp simd` reductions may reorder sums, contraction may fuse.
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
 
 _disabled = 0
+_noted: set[str] = set()  # the notes said so far in this process
+
+
+def note(message: str) -> None:
+    """Say `tilelli: note: MESSAGE` on stderr, once per process per message.
+
+    A kernel fallback changes speed, not results, so it is a note for the user, not a Python
+    warning with a source line (which reads like a bug report and repeats per call site).
+    """
+    if message in _noted:
+        return
+    _noted.add(message)
+    print(f"tilelli: note: {message}", file=sys.stderr, flush=True)
 
 
 def cache_dir() -> Path:
@@ -70,18 +86,22 @@ def _cpu_flags() -> str:
 class NativeLibrary:
     """One C source, built and loaded on first use; `declare(lib)` sets the ctypes signatures.
 
-    `what` names the kernel in warnings ("top-k attention").
+    `what` names the kernel in notes ("top-k attention"). `extra_flags` are added to FLAGS (tests
+    build the same source for a smaller instruction set, e.g. "-mno-avx512f", to check every
+    code path of a kernel against the others on one machine).
     """
 
-    def __init__(self, name: str, source: Path, declare: Callable[[ctypes.CDLL], None], what: str):
+    def __init__(self, name: str, source: Path, declare: Callable[[ctypes.CDLL], None], what: str,
+                 extra_flags: tuple[str, ...] = ()):
         self.name, self.source, self.declare, self.what = name, source, declare, what
+        self.flags = [*FLAGS, *extra_flags]
         self._lib: ctypes.CDLL | None = None
         self._tried = False
         self._lock = threading.Lock()
 
     def path(self) -> Path:
         """Where the build for this source, compiler, flags and kind of CPU lives."""
-        key = "\0".join([self.source.read_text(), COMPILER, *FLAGS, platform.machine(), _cpu_flags()])
+        key = "\0".join([self.source.read_text(), COMPILER, *self.flags, platform.machine(), _cpu_flags()])
         return cache_dir() / f"{self.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
 
     def _build(self, path: Path) -> None:
@@ -90,7 +110,7 @@ class NativeLibrary:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
         os.close(fd)
         try:
-            proc = subprocess.run([COMPILER, *FLAGS, "-o", tmp, str(self.source), "-lm"],
+            proc = subprocess.run([COMPILER, *self.flags, "-o", tmp, str(self.source), "-lm"],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
                 lines = proc.stderr.splitlines()
@@ -102,7 +122,7 @@ class NativeLibrary:
                 os.remove(tmp)
 
     def load(self) -> ctypes.CDLL | None:
-        """The loaded library, building it the first time; None (after one warning) if that fails."""
+        """The loaded library, building it the first time; None (after one note) if that fails."""
         if self._tried:
             return self._lib
         with self._lock:
@@ -115,10 +135,12 @@ class NativeLibrary:
                     lib = ctypes.CDLL(str(path))
                     self.declare(lib)
                     self._lib = lib
-                except FileNotFoundError:
-                    warnings.warn(f"no C compiler '{COMPILER}': {self.what} uses the PyTorch path", stacklevel=4)
                 except (OSError, RuntimeError, AttributeError) as e:
-                    warnings.warn(f"{self.what} kernel unavailable ({e}); using the PyTorch path", stacklevel=4)
+                    if isinstance(e, FileNotFoundError) and e.filename == COMPILER:  # one note for all kernels
+                        note(f"native kernels unavailable (no C compiler '{COMPILER}'); "
+                             "using the PyTorch paths (same results, slower)")
+                    else:
+                        note(f"{self.what} kernel unavailable ({e}); using the PyTorch path (same results, slower)")
         return self._lib
 
     def get(self) -> ctypes.CDLL:

@@ -7,9 +7,9 @@ these sizes (k <= 21 taps, a few hundred channels): every loop of the C code run
 contiguous channels. The backward gives dx, dw (and the history's gradient when asked), dw
 summed in a fixed order, so it is bit-identical from run to run whatever the thread count.
 
-Built on first use by `tilelli.kernels.build` (never at import); without a compiler it warns
-once and `available()` is False: callers then use PyTorch. `TILELLI_NO_KERNEL=1` or
-`with kernel_disabled():` turns it off.
+Built on first use by `tilelli.kernels.build` (never at import); without a compiler it says so
+once (a `tilelli: note:` line) and `available()` is False: callers then use PyTorch.
+`TILELLI_NO_KERNEL=1` or `with kernel_disabled():` turns it off.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ backward costs O(T * top_k * d) instead of O(T^2 * d). One difference: where sev
 at the k-th score the kernel keeps exactly top_k of them (the earliest), the PyTorch path keeps
 all of them (with continuous inputs ties do not occur).
 
-Built on first use by `tilelli.kernels.build` (never at import); without a compiler it warns
-once and `available()` is False: callers then use PyTorch. `TILELLI_NO_KERNEL=1` or
-`with kernel_disabled():` turns it off.
+Built on first use by `tilelli.kernels.build` (never at import); without a compiler it says so
+once (a `tilelli: note:` line) and `available()` is False: callers then use PyTorch.
+`TILELLI_NO_KERNEL=1` or `with kernel_disabled():` turns it off.
 """
 
 from __future__ import annotations

@@ -1,0 +1,77 @@
+"""The torch-free half of checkpoints: find a checkpoint directory and read its config.json.
+
+Kept apart from `tilelli.checkpoint` (which imports torch to build models) so that the native
+inference path and the CLI's argument checks can open a checkpoint in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from tilelli.errors import TilelliError
+from tilelli.runs import list_checkpoints
+
+FORMAT = "tilelli"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+# checkpoints that ship with the repository; `tilelli generate` without --checkpoint uses DEFAULT_MODEL
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
+DEFAULT_MODEL = "tilelli-lite-ternary"
+
+
+def checkpoint_dir(path: str | os.PathLike) -> Path:
+    """The checkpoint directory `path` names: itself, the directory of a file inside it, or a
+    training run's newest checkpoint; a clear error when there is none."""
+    path = Path(path)
+    if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE):
+        path = path.parent  # the user pointed at a file inside the checkpoint: fine
+    if not path.exists():
+        raise TilelliError(f"no checkpoint at {path}: the directory does not exist")
+    if not path.is_dir():
+        raise TilelliError(f"{path} is not a checkpoint directory (expected a directory holding "
+                           f"{CONFIG_FILE} and {WEIGHTS_FILE})")
+    if not (path / CONFIG_FILE).is_file() and list_checkpoints(path):
+        path = list_checkpoints(path)[-1]  # a training run directory: its newest checkpoint
+    if not (path / CONFIG_FILE).is_file():
+        raise TilelliError(f"{path} is not a tilelli checkpoint: it has no {CONFIG_FILE} "
+                           f"(a checkpoint directory holds {CONFIG_FILE} and {WEIGHTS_FILE})")
+    return path
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The checked contents of a checkpoint's config.json (format and version verified)."""
+    ckpt = checkpoint_dir(path)
+    cfg_path = ckpt / CONFIG_FILE
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TilelliError(f"{cfg_path} is not valid JSON ({e}); the checkpoint is damaged, "
+                           "re-save it or restore config.json") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        got = cfg.get("format") if isinstance(cfg, dict) else type(cfg).__name__
+        raise TilelliError(f"{cfg_path} is not a tilelli checkpoint config (format={got!r}, "
+                           f"expected {FORMAT!r})")
+    version = cfg.get("format_version")
+    if version != FORMAT_VERSION:
+        hint = "upgrade tilelli" if isinstance(version, int) and version > FORMAT_VERSION else \
+            "re-save the checkpoint with this tilelli"
+        raise TilelliError(f"{ckpt} was written by tilelli format {version}; this tilelli reads "
+                           f"{FORMAT_VERSION} ({hint})")
+    if not isinstance(cfg.get("model"), dict) or not isinstance(cfg.get("packed"), bool):
+        raise TilelliError(f"{cfg_path} lacks a 'model' config object or a boolean 'packed' flag; "
+                           "the checkpoint is damaged, re-save it")
+    return cfg
+
+
+def default_checkpoint() -> Path:
+    """$TILELLI_CHECKPOINT if set, else the shipped Lite ternary model of a repository checkout."""
+    env = os.environ.get("TILELLI_CHECKPOINT")
+    path = Path(env) if env else SHIPPED_DIR / DEFAULT_MODEL
+    if not env and not (path / CONFIG_FILE).is_file():
+        raise TilelliError(f"no --checkpoint given and the shipped model is not at {path} (it comes with a clone "
+                           "of the repository, installed with pip install -e .); pass --checkpoint DIR")
+    return path
