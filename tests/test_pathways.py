@@ -73,7 +73,7 @@ def test_attention_kv_cache_matches_full(top_k, quantize):
     with torch.no_grad():
         full = attn(x)
         cache = attn.init_cache(2, 70, torch.device("cpu"))
-        steps = [attn(x[:, :20], cache)] + [attn(x[:, t:t + 1], cache) for t in range(20, 70)]
+        steps = [attn(x[:, :20], cache, 0)] + [attn(x[:, t:t + 1], cache, t) for t in range(20, 70)]
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
 
 

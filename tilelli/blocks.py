@@ -83,16 +83,16 @@ class RoutedBlock(nn.Module):
     def init_cache(self, batch_size: int, max_len: int, device: torch.device) -> list[list[Any]]:
         return [[bank.init_cache(batch_size, max_len, device) for bank in self.paths[n]] for n in self.names]
 
-    def _run_pathway(self, i: int, h: torch.Tensor, probs: torch.Tensor, cache: list | None) -> torch.Tensor:
+    def _run_pathway(self, i: int, h: torch.Tensor, probs: torch.Tensor, cache: list | None, pos: int) -> torch.Tensor:
         banks = self.paths[self.names[i]]
         caches = cache[i] if cache is not None else [None] * len(banks)
         if len(banks) == 1:
-            return banks[0](h, caches[0])  # (B, T, C)
-        ys = torch.stack([bank(h, c) for bank, c in zip(banks, caches, strict=False)], dim=2)  # (B, T, nb, C)
+            return banks[0](h, caches[0], pos)  # (B, T, C)
+        ys = torch.stack([bank(h, c, pos) for bank, c in zip(banks, caches, strict=False)], dim=2)  # (B, T, nb, C)
         choice = probs[:, :, i].argmax(-1)  # (B, T): each token's arg-max bank
         return ys.gather(2, choice[:, :, None, None].expand(-1, -1, 1, ys.shape[-1])).squeeze(2)
 
-    def forward(self, x: torch.Tensor, cache: list | None = None) -> tuple[torch.Tensor, BlockStats]:
+    def forward(self, x: torch.Tensor, cache: list | None = None, pos: int = 0) -> tuple[torch.Tensor, BlockStats]:
         B, T, _ = x.shape
         P, nb, cfg = len(self.names), self.n_banks, self.cfg
         h = self.norm(x)  # (B, T, C)
@@ -113,7 +113,7 @@ class RoutedBlock(nn.Module):
             dropped = skipping and cfg.skip_mode == "per_call" and not bool(reached[..., i].any())
             if dropped and cache is None:
                 continue  # never needed anywhere in this call: not computed
-            y = self._run_pathway(i, h, probs, cache)
+            y = self._run_pathway(i, h, probs, cache, pos)
             if not dropped:
                 out = out + weights[..., i:i + 1] * y
         usage = mass.mean((0, 1))  # (P,)
@@ -139,8 +139,8 @@ class VanillaBlock(nn.Module):
     def init_cache(self, batch_size: int, max_len: int, device: torch.device) -> list[Any]:
         return [self.attn.init_cache(batch_size, max_len, device)]
 
-    def forward(self, x: torch.Tensor, cache: list | None = None) -> tuple[torch.Tensor, BlockStats]:
-        x = x + self.attn(self.ln1(x), cache[0] if cache is not None else None)
+    def forward(self, x: torch.Tensor, cache: list | None = None, pos: int = 0) -> tuple[torch.Tensor, BlockStats]:
+        x = x + self.attn(self.ln1(x), cache[0] if cache is not None else None, pos)
         x = x + self.mlp(self.ln2(x))
         return x, BlockStats(x.new_zeros(()))
 

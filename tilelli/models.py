@@ -27,7 +27,8 @@ from tilelli.ternary import TernaryEmbedding, TernaryLinear, TernaryModule
 
 @dataclass
 class InferenceState:
-    """Every layer's caches plus the one shared offset: how many positions were consumed."""
+    """Every layer's caches plus the one count of positions consumed, `pos`: the caches keep
+    none of their own, every pathway is told where its input starts."""
 
     caches: list[Any]
     max_len: int
@@ -90,7 +91,7 @@ class LM(nn.Module):
         aux = x.new_zeros(())
         router_probs = []
         for i, block in enumerate(self.blocks):
-            x, stats = block(x, state.caches[i] if state is not None else None)  # (B, T, C)
+            x, stats = block(x, state.caches[i] if state is not None else None, start)  # (B, T, C)
             aux = aux + stats.aux_loss
             if stats.router_probs is not None:
                 router_probs.append(stats.router_probs)

@@ -235,7 +235,7 @@ class TernaryConv1d(TernaryModule):
     def init_cache(self, batch_size: int, max_len: int, device: torch.device) -> ConvCache:  # noqa: ARG002
         return ConvCache(batch_size, self.channels, self.kernel, device)
 
-    def forward(self, x: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: ConvCache | None = None, pos: int = 0) -> torch.Tensor:  # noqa: ARG002
         """x (B, T, C) -> (B, T, C). On the CPU in float32, the C kernel in this layout; else (or
         inside `kernel_disabled()`) F.conv1d on the transposed input, the reference."""
         w = self.effective_weight()  # (C, 1, k)

@@ -2,7 +2,8 @@
 share one cache interface:
 
     cache = pathway.init_cache(batch_size, max_len, device)   # None when stateless
-    y = pathway(x, cache)   # cache=None: whole sequence; else continue from the cache
+    y = pathway(x, cache, pos)   # cache=None: whole sequence; else continue from the cache,
+                                 # x being positions pos..pos+T-1 (the model's InferenceState.pos)
 
 so a block and the generation loop never ask what kind of pathway they hold.
 """

@@ -32,22 +32,21 @@ from tilelli.ternary import TernaryLinear
 
 
 class KVCache:
-    """Preallocated keys/values (B, H, max_len, d) and how many positions are filled."""
+    """Preallocated keys/values (B, H, max_len, d). How many positions are filled is not kept
+    here: the one count is the model's `InferenceState.pos`, passed in as `pos`."""
 
     def __init__(self, batch_size: int, n_heads: int, max_len: int, d_head: int, v_head: int,
                  device: torch.device):
         self.k = torch.zeros(batch_size, n_heads, max_len, d_head, device=device)
         self.v = torch.zeros(batch_size, n_heads, max_len, v_head, device=device)
-        self.length = 0
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store new (B, H, T, d) keys/values; return all keys/values so far."""
-        end = self.length + k.shape[2]
+    def append(self, k: torch.Tensor, v: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new (B, H, T, d) keys/values at positions pos..pos+T-1; return all keys/values so far."""
+        end = pos + k.shape[2]
         if end > self.k.shape[2]:
             raise ValueError(f"KV cache holds {self.k.shape[2]} positions; {end} requested")
-        self.k[:, :, self.length:end] = k
-        self.v[:, :, self.length:end] = v
-        self.length = end
+        self.k[:, :, pos:end] = k
+        self.v[:, :, pos:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
@@ -103,7 +102,7 @@ class CausalAttention(nn.Module):
     def init_cache(self, batch_size: int, max_len: int, device: torch.device) -> KVCache:
         return KVCache(batch_size, self.n_heads, max_len, self.d_head, self.v_head, device)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, pos: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
         H, dk, dv = self.n_heads, self.d_head, self.v_head
         q, k, v = self.qkv(x).split([H * dk, H * dk, H * dv], dim=-1)  # (B, T, H*d) each
@@ -112,8 +111,8 @@ class CausalAttention(nn.Module):
         v = v.view(B, T, H, dv).transpose(1, 2)  # (B, H, T, dv)
         offset = 0
         if cache is not None:
-            offset = cache.length
-            k, v = cache.append(k, v)  # (B, H, offset+T, d)
+            offset = pos
+            k, v = cache.append(k, v, pos)  # (B, H, pos+T, d)
         y = topk_causal_attention(q, k, v, self.top_k, offset)  # (B, H, T, dv)
         y = y.transpose(1, 2).reshape(B, T, H * dv)  # (B, T, H*dv)
         return self.proj(y) if self.proj is not None else y

@@ -19,5 +19,5 @@ class Dense(nn.Module):
     def init_cache(self, batch_size: int, max_len: int, device: torch.device) -> None:  # noqa: ARG002
         return None  # position-wise: nothing to carry
 
-    def forward(self, x: torch.Tensor, cache: None = None) -> torch.Tensor:  # noqa: ARG002
+    def forward(self, x: torch.Tensor, cache: None = None, pos: int = 0) -> torch.Tensor:  # noqa: ARG002
         return self.down(F.gelu(self.up(x)))  # (B, T, C) -> (B, T, e*C) -> (B, T, C)

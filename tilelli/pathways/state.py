@@ -62,7 +62,7 @@ class StateSpace(nn.Module):
     def init_cache(self, batch_size: int, max_len: int, device: torch.device) -> StateCache:  # noqa: ARG002
         return StateCache(batch_size, self.channels, device)
 
-    def forward(self, x: torch.Tensor, cache: StateCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: StateCache | None = None, pos: int = 0) -> torch.Tensor:  # noqa: ARG002
         a = torch.tanh(self.a_raw)  # (C,)
         u = self.b * x  # (B, T, C)
         if cache is not None and x.shape[1] == 1:
