@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 from ab_runs import LITE, PARENT, SEEDS, SWEEP, VANILLA, parent_runs, sweep_name  # noqa: E402
 
-from tilelli.runs import METRICS_FILE, RUN_FILE, read_metrics  # noqa: E402
-from tilelli.stats import welch  # noqa: E402
+from tilelli.train.runs import METRICS_FILE, RUN_FILE, read_metrics  # noqa: E402
+from tilelli.train.stats import welch  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 RUN_COPIES = RESULTS / "runs"
@@ -150,7 +150,7 @@ def collect(runs: Path) -> None:
 
 def plots(a: dict, runs: Path, out: Path) -> list[Path]:
     """`tilelli plot` curves of every run, one picture per group (needs matplotlib)."""
-    from tilelli.plot import plot_runs
+    from tilelli.train.plot import plot_runs
 
     groups = {"sweep": [r for rows in a["sweep"].values() for r in rows.values() if r],
               "seeds": [r for s in a["seeds"].values() for r in s["runs"] if r],

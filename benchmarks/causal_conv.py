@@ -1,6 +1,6 @@
 """Forward + backward time of one causal conv layer: the C kernel vs the F.conv1d path.
 
-One `TernaryConv1d` (FP32, the depthwise causal conv of the local and wide pathways) on a
+One `CausalConv` (FP32, the depthwise causal conv of the local and wide pathways) on a
 (B, T, C) input that requires grad, as in a block; the reference is the same layer inside
 `kernel_disabled()` (transpose, pad, F.conv1d, transpose back). Shapes: the Lite model's
 local conv (C=320, k=5) and the parent's local and wide convs (C=512, k=5 and k=21), batch
@@ -22,17 +22,17 @@ from pathlib import Path
 
 import torch
 
-from tilelli.config import TernaryOptions
 from tilelli.kernels import causal_conv as kernel
-from tilelli.ternary import TernaryConv1d
-from tilelli.train import cpu_name
+from tilelli.model.config import TernaryOptions
+from tilelli.model.pathways.conv import CausalConv
+from tilelli.train.trainer import cpu_name
 
 RESULTS = Path(__file__).parent / "results"
 SHAPES = [(16, 256, 320, 5), (16, 256, 512, 5), (16, 256, 512, 21)]  # (B, T, C, k)
 PATHS = {"kernel": contextlib.nullcontext, "conv1d": kernel.kernel_disabled}
 
 
-def step(layer: TernaryConv1d, x: torch.Tensor, grad: torch.Tensor | None) -> float:
+def step(layer: CausalConv, x: torch.Tensor, grad: torch.Tensor | None) -> float:
     """Seconds for one forward (and backward when `grad` is given) of the layer."""
     t0 = time.perf_counter()
     y = layer(x)  # (B, T, C)
@@ -45,7 +45,7 @@ def step(layer: TernaryConv1d, x: torch.Tensor, grad: torch.Tensor | None) -> fl
 
 def measure(B: int, T: int, C: int, k: int, repeats: int) -> dict[str, dict[str, float]]:
     torch.manual_seed(0)
-    layer = TernaryConv1d(C, k, TernaryOptions(quantize=False))
+    layer = CausalConv(C, k, TernaryOptions(quantize=False))
     x = torch.randn(B, T, C, requires_grad=True)
     grad = torch.randn(B, T, C)
     samples = {name: {"fwd": [], "fwd_bwd": []} for name in PATHS}
@@ -79,7 +79,7 @@ def main() -> None:
               "kernel_load_s": round(load_s, 3), "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "causal_conv.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["# One depthwise causal conv layer (FP32 TernaryConv1d), C kernel vs F.conv1d", "",
+    lines = ["# One depthwise causal conv layer (FP32 CausalConv), C kernel vs F.conv1d", "",
              f"{result['machine']}, {args.threads} threads, median of {args.repeats} repeats, paths interleaved.", "",
              "| B x T | C | k | path | forward ms | forward + backward ms | vs conv1d |",
              "|---|---:|---:|---|---:|---:|---:|"]

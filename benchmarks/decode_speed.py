@@ -18,8 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tilelli import __version__
-from tilelli.checkpoint_files import SHIPPED_DIR
 from tilelli.infer.bench import markdown, run_all
+from tilelli.model.checkpoint_files import SHIPPED_DIR
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = ("tilelli-lite-ternary", "tilelli-lite-fp32", "vanilla-fp32")

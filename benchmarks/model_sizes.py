@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from tilelli.checkpoint import read_config, save
-from tilelli.config import from_name, list_configs
-from tilelli.models import build_model
+from tilelli.model.checkpoint import read_config, save
+from tilelli.model.config import from_name, list_configs
+from tilelli.model.models import build_model
 
 RESULTS = Path(__file__).parent / "results"
 

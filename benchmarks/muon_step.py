@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from tilelli.config import from_name
-from tilelli.models import build_model
-from tilelli.optim import Muon, param_roles
-from tilelli.train import cpu_name
+from tilelli.model.config import from_name
+from tilelli.model.models import build_model
+from tilelli.train.optim import Muon, param_roles
+from tilelli.train.trainer import cpu_name
 
 RESULTS = Path(__file__).parent / "results"
 KW = {"lr": 1e-3, "weight_decay": 0.1}

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from tilelli.checkpoint import SHIPPED_DIR, load, read_config
-from tilelli.evaluate import bootstrap_ci, window_losses
-from tilelli.prepare import prepare
+from tilelli.model.checkpoint import SHIPPED_DIR, load, read_config
+from tilelli.train.evaluate import bootstrap_ci, window_losses
+from tilelli.train.prepare import prepare
 
 RESULTS = Path(__file__).parent / "results"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from tilelli.checkpoint import SHIPPED_DIR, load
-from tilelli.generate import SamplingConfig, generate
+from tilelli.infer.generate import SamplingConfig, generate
+from tilelli.model.checkpoint import SHIPPED_DIR, load
 
 RESULTS = Path(__file__).parent / "results"
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from tilelli.kernels import topk_attention as kernel
-from tilelli.pathways.attention import topk_causal_attention
-from tilelli.train import cpu_name
+from tilelli.model.pathways.attention import topk_causal_attention
+from tilelli.train.trainer import cpu_name
 
 RESULTS = Path(__file__).parent / "results"
 

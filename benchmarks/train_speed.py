@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from tilelli import __version__
-from tilelli.config import from_name, list_configs
-from tilelli.models import build_model
-from tilelli.optim import build_optimizers
-from tilelli.train import cpu_name, grad_groups, sample_text, train_step
+from tilelli.model.config import from_name, list_configs
+from tilelli.model.models import build_model
+from tilelli.train.optim import build_optimizers
+from tilelli.train.trainer import cpu_name, grad_groups, sample_text, train_step
 
 RESULTS = Path(__file__).parent / "results"
 BASELINE = "vanilla-fp32"

@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tilelli.runs import best_checkpoint, list_checkpoints, read_metrics  # noqa: E402
+from tilelli.train.runs import best_checkpoint, list_checkpoints, read_metrics  # noqa: E402
 
 LITE, VANILLA = "tilelli-lite-fp32", "vanilla-fp32"
 PARENTS = ("tilelli-fp32", "tilelli-ternary")

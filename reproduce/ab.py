@@ -24,8 +24,8 @@ from ab import RESULTS, RUN_COPIES, analyse  # noqa: E402
 from checker import Checker  # noqa: E402
 from quality import prepared_data  # noqa: E402
 
-from tilelli.runs import read_metrics  # noqa: E402
-from tilelli.train import TrainConfig, Trainer  # noqa: E402
+from tilelli.train.runs import read_metrics  # noqa: E402
+from tilelli.train.trainer import TrainConfig, Trainer  # noqa: E402
 
 ARITHMETIC, RETRAIN = 1e-9, 0.01
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tilelli.config import ModelConfig, from_name, list_configs
-from tilelli.prepare import prepare
-from tilelli.train import sample_text
+from tilelli.model.config import ModelConfig, from_name, list_configs
+from tilelli.train.prepare import prepare
+from tilelli.train.trainer import sample_text
 
 torch.set_num_threads(2)
 

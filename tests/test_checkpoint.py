@@ -12,11 +12,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import tilelli
-from tilelli import checkpoint
-from tilelli.config import from_name, list_configs
 from tilelli.errors import TilelliError
-from tilelli.models import build_model
-from tilelli.ternary import TernaryModule
+from tilelli.model import checkpoint
+from tilelli.model.config import from_name, list_configs
+from tilelli.model.models import build_model
+from tilelli.model.ternary import TernaryModule
 
 TINY = dict(d_model=32, n_layers=2, n_heads=4, max_seq_len=64)
 OPTION_SETS = [{}, {"per_row": True}, {"hadamard": True}, {"lsq": True},

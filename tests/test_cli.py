@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import tiny
 
-from tilelli.checkpoint import save
 from tilelli.cli import main
-from tilelli.config import list_configs
-from tilelli.models import build_model
+from tilelli.model.checkpoint import save
+from tilelli.model.config import list_configs
+from tilelli.model.models import build_model
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,14 @@ import torch
 
 import tilelli.kernels.topk_attention as topk_kernel
 from tilelli.cli import main
-from tilelli.config import ModelConfig, from_name, list_configs
 from tilelli.errors import TilelliError
 from tilelli.kernels import build
-from tilelli.models import build_model
-from tilelli.params import count_params
-from tilelli.prepare import prepare
-from tilelli.runs import list_checkpoints, read_metrics
-from tilelli.train import TrainConfig, Trainer
+from tilelli.model.config import ModelConfig, from_name, list_configs
+from tilelli.model.models import build_model
+from tilelli.model.params import count_params
+from tilelli.train.prepare import prepare
+from tilelli.train.runs import list_checkpoints, read_metrics
+from tilelli.train.trainer import TrainConfig, Trainer
 
 # Runs CLI commands one after the other in one fresh interpreter (JSON list of argv on stdin) and
 # reports, for each, the exit code, its stderr and whether torch had been imported by then.
@@ -95,12 +95,13 @@ def test_models_never_imports_torch():
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "tilelli", "models"], capture_output=True,
                           text=True, timeout=120, check=True)
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
-    assert "tilelli.config" in imported and "tilelli.params" in imported
+    assert "tilelli.model.config" in imported and "tilelli.model.params" in imported
     assert not {m for m in imported if m == "torch" or m.startswith("torch.")}
 
 
 def test_the_modules_the_cli_checks_with_are_torch_free():
-    mods = "tilelli.config, tilelli.params, tilelli.train_config, tilelli.paths, tilelli.runs, tilelli.prepare"
+    mods = ("tilelli.model.config, tilelli.model.params, tilelli.train.config, tilelli.train.paths, "
+            "tilelli.train.runs, tilelli.train.prepare")
     code = f"import sys, {mods}; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "False"

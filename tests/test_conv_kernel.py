@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from conftest import outputs_and_grads
 
-from tilelli.config import TernaryOptions
 from tilelli.kernels import causal_conv as kernel
-from tilelli.ternary import TernaryConv1d
+from tilelli.model.config import TernaryOptions
+from tilelli.model.pathways.conv import CausalConv
 
 needs_kernel = pytest.mark.skipif(not kernel.available(), reason="causal conv kernel unavailable (no C compiler?)")
 
@@ -125,10 +125,10 @@ def test_kernel_without_autograd():
 
 @needs_kernel
 def test_layer_dispatches_to_kernel_and_reaches_the_latent_weight():
-    """TernaryConv1d uses the kernel; outputs and the latent weight's gradient (through the
+    """CausalConv uses the kernel; outputs and the latent weight's gradient (through the
     ternary straight-through quantizer) equal the conv1d path's."""
     torch.manual_seed(0)
-    conv = TernaryConv1d(12, 5, TernaryOptions(quantize=True))
+    conv = CausalConv(12, 5, TernaryOptions(quantize=True))
     x = torch.randn(2, 40, 12, requires_grad=True)
     assert kernel.applicable(x, conv.effective_weight())
     y, (gx, gw) = outputs_and_grads(conv, [x, conv.weight], x)
@@ -148,7 +148,7 @@ def test_stepping_with_a_cache_equals_the_full_pass(use_kernel, k):
     if use_kernel and not kernel.available():
         pytest.skip("causal conv kernel unavailable")
     torch.manual_seed(k)
-    conv = TernaryConv1d(6, k, TernaryOptions(quantize=False))
+    conv = CausalConv(6, k, TernaryOptions(quantize=False))
     x = torch.randn(2, 20, 6)
     with torch.no_grad(), (contextlib.nullcontext() if use_kernel else kernel.kernel_disabled()):
         full = reference(x, conv.weight)
@@ -159,7 +159,7 @@ def test_stepping_with_a_cache_equals_the_full_pass(use_kernel, k):
 
 
 def test_import_does_not_build():
-    code = "import tilelli.models, tilelli.kernels.causal_conv as k; print(k.library._tried, k.library._lib)"
+    code = "import tilelli.model.models, tilelli.kernels.causal_conv as k; print(k.library._tried, k.library._lib)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "None"]
 

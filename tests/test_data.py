@@ -1,4 +1,4 @@
-"""Training and evaluation windows over packed byte bins (tilelli.data)."""
+"""Training and evaluation windows over packed byte bins (tilelli.train.data)."""
 
 import json
 from pathlib import Path
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from tilelli.data import ByteBatches, eval_windows, open_bin
 from tilelli.errors import TilelliError
+from tilelli.train.data import ByteBatches, eval_windows, open_bin
 
 
 @pytest.fixture

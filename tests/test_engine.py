@@ -12,14 +12,14 @@ import pytest
 import torch
 from conftest import tiny
 
-from tilelli.checkpoint import SHIPPED_DIR, load, save
-from tilelli.generate import SamplingConfig, generate, generate_batch
 from tilelli.infer import load_decoder
 from tilelli.infer.engine import NativeModel, library
+from tilelli.infer.generate import SamplingConfig, generate, generate_batch
 from tilelli.infer.torch_decoder import TorchDecoder
 from tilelli.infer.weights import KIND_T2
 from tilelli.kernels.build import NativeLibrary
-from tilelli.models import build_model
+from tilelli.model.checkpoint import SHIPPED_DIR, load, save
+from tilelli.model.models import build_model
 
 pytestmark = pytest.mark.skipif(library.load() is None, reason="no C compiler: the native engine cannot be built")
 

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from conftest import tiny
 
 import tilelli
-from tilelli.checkpoint import save
 from tilelli.cli import main
-from tilelli.evaluate import bootstrap_ci, evaluate_bpb, window_losses
-from tilelli.models import build_model
+from tilelli.model.checkpoint import save
+from tilelli.model.models import build_model
+from tilelli.train.evaluate import bootstrap_ci, evaluate_bpb, window_losses
 
 
 @pytest.fixture(scope="module")

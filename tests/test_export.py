@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tilelli import checkpoint, checkpoint_files
 from tilelli.cli import main
-from tilelli.runs import list_checkpoints, read_metrics
+from tilelli.model import checkpoint, checkpoint_files
+from tilelli.train.runs import list_checkpoints, read_metrics
 
 TINY_ARGS = [a for k, v in {"d_model": 32, "n_layers": 2, "n_heads": 4, "d_head": 8, "max_seq_len": 64}.items()
              for a in ("--override", f"{k}={v}")]

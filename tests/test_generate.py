@@ -4,8 +4,8 @@ import torch
 from conftest import tiny
 
 from tilelli.errors import TilelliError
-from tilelli.generate import Batch, SamplingConfig, as_decoder, filter_logits, generate, generate_batch, stream
-from tilelli.models import build_model
+from tilelli.infer.generate import Batch, SamplingConfig, as_decoder, filter_logits, generate, generate_batch, stream
+from tilelli.model.models import build_model
 
 
 def seeded_model(name="tilelli-lite-ternary", **kw):

@@ -2,9 +2,9 @@ import pytest
 import torch
 from conftest import tiny
 
-from tilelli.config import from_name, list_configs
 from tilelli.errors import TilelliError
-from tilelli.models import build_model
+from tilelli.model.config import from_name, list_configs
+from tilelli.model.models import build_model
 
 # Pinned parameter counts of the named configs: a change here is an architecture change.
 PARAMS = {

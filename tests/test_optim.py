@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from tilelli.config import from_name
-from tilelli.models import build_model
-from tilelli.optim import Muon, build_optimizers, lr_at, newton_schulz, param_roles
-from tilelli.ternary import TernaryConv1d, TernaryModule
+from tilelli.model.config import from_name
+from tilelli.model.models import build_model
+from tilelli.model.pathways.conv import CausalConv
+from tilelli.model.ternary import TernaryModule
+from tilelli.train.optim import Muon, build_optimizers, lr_at, newton_schulz, param_roles
 
 TINY = {"d_model": 32, "n_layers": 2, "n_heads": 4, "d_head": 8, "max_seq_len": 64}
 
@@ -32,7 +33,7 @@ def test_every_parameter_has_exactly_one_role(name, extra):
     for m in model.modules():
         if isinstance(m, torch.nn.LayerNorm):
             assert role_of[id(m.weight)] == role_of[id(m.bias)] == "no_decay"
-        if isinstance(m, TernaryConv1d):
+        if isinstance(m, CausalConv):
             assert role_of[id(m.weight)] == "no_decay"  # 3-D kernel
         if isinstance(m, TernaryModule) and hasattr(m, "scale") and isinstance(m.scale, torch.nn.Parameter):
             assert role_of[id(m.scale)] == "no_decay"  # LSQ step size

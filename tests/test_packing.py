@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tilelli.packing import pack_trits, packed_size, unpack_trits
+from tilelli.model.packing import pack_trits, packed_size, unpack_trits
 
 
 def _random_trits(shape, seed=0):

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from tilelli.config import TernaryOptions
-from tilelli.pathways import CausalAttention, Dense, StateSpace
-from tilelli.pathways.attention import topk_causal_attention
-from tilelli.pathways.state import diagonal_scan
+from tilelli.model.config import TernaryOptions
+from tilelli.model.pathways import CausalAttention, Dense, StateSpace
+from tilelli.model.pathways.attention import topk_causal_attention
+from tilelli.model.pathways.state import diagonal_scan
 
 
 def literal_topk_attention(q, k, v, top_k):

@@ -4,7 +4,7 @@ import json
 import sys
 
 from tilelli.cli import main
-from tilelli.plot import run_label, smooth
+from tilelli.train.plot import run_label, smooth
 
 
 def fake_run(path, model="tilelli-lite-fp32", steps=20, offset=0.0):

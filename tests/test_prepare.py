@@ -1,4 +1,4 @@
-"""Packing raw text into train.bin / valid.bin / meta.json (tilelli.prepare, `tilelli prepare`)."""
+"""Packing raw text into train.bin / valid.bin / meta.json (tilelli.train.prepare, `tilelli prepare`)."""
 
 import hashlib
 import json
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import tilelli.prepare as prep
+import tilelli.train.prepare as prep
 from tilelli.cli import main
 from tilelli.errors import TilelliError
-from tilelli.prepare import prepare, prepare_hf_tinystories
+from tilelli.train.prepare import prepare, prepare_hf_tinystories
 
 SEP = b"<|endoftext|>\n"
 SHARED = Path(__file__).parents[2] / "shared" / "data" / "tinystories"

@@ -14,11 +14,11 @@ import pytest
 import torch
 from conftest import SHARED_DATA
 
-from tilelli import checkpoint
-from tilelli.config import from_name
-from tilelli.evaluate import evaluate_bpb
-from tilelli.models import build_model
-from tilelli.runs import read_metrics
+from tilelli.model import checkpoint
+from tilelli.model.config import from_name
+from tilelli.model.models import build_model
+from tilelli.train.evaluate import evaluate_bpb
+from tilelli.train.runs import read_metrics
 
 # shipped name -> (named config, how the weights are stored)
 SHIPPED = {"tilelli-lite-ternary": ("tilelli-lite-ternary", "packed trits"),

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from tilelli.stats import incomplete_beta, t_quantile, t_two_sided_p, welch
+from tilelli.train.stats import incomplete_beta, t_quantile, t_two_sided_p, welch
 
 
 @pytest.mark.parametrize("t", [0.0, 0.3, 1.0, 2.5, 12.7])

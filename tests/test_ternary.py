@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from tilelli.config import TernaryOptions
-from tilelli.ternary import (
-    TernaryConv1d,
+from tilelli.model.config import TernaryOptions
+from tilelli.model.pathways.conv import CausalConv
+from tilelli.model.ternary import (
     TernaryEmbedding,
     TernaryLinear,
     hadamard_rotate,
@@ -98,7 +98,7 @@ def test_effective_weight_cache_follows_updates():
 
 def test_causal_conv_is_causal_and_incremental_matches():
     torch.manual_seed(0)
-    conv = TernaryConv1d(6, 5, Q)
+    conv = CausalConv(6, 5, Q)
     x = torch.randn(2, 20, 6)
     full = conv(x)
     x2 = x.clone()

@@ -9,7 +9,7 @@ from conftest import outputs_and_grads
 
 from tilelli.kernels import build
 from tilelli.kernels import topk_attention as kernel
-from tilelli.pathways.attention import topk_causal_attention
+from tilelli.model.pathways.attention import topk_causal_attention
 
 needs_kernel = pytest.mark.skipif(not kernel.available(), reason="top-k kernel unavailable (no C compiler?)")
 
@@ -163,7 +163,7 @@ def test_failed_build_notes_and_falls_back(monkeypatch, tmp_path, capsys):
 
 
 def test_import_does_not_build():
-    code = ("import tilelli.pathways.attention, tilelli.kernels.topk_attention as k; "
+    code = ("import tilelli.model.pathways.attention, tilelli.kernels.topk_attention as k; "
             "print(k.library._tried, k.library._lib)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "None"]

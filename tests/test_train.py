@@ -17,8 +17,8 @@ import torch
 
 import tilelli
 from tilelli.cli import main
-from tilelli.runs import list_checkpoints, read_metrics
-from tilelli.train import TrainConfig, Trainer
+from tilelli.train.runs import list_checkpoints, read_metrics
+from tilelli.train.trainer import TrainConfig, Trainer
 
 TINY = {"d_model": 32, "n_layers": 2, "n_heads": 4, "d_head": 8, "max_seq_len": 128}
 TINY_ARGS = [a for k, v in TINY.items() for a in ("--override", f"{k}={v}")]
@@ -153,9 +153,9 @@ def test_smoke_reports_every_pathway_and_router(capsys):
 
 
 def test_smoke_fails_when_a_pathway_gets_no_gradient(monkeypatch, capsys):
-    from tilelli.pathways import Dense
+    from tilelli.model.pathways import Dense
 
-    monkeypatch.setattr(Dense, "forward", lambda self, x, cache=None: torch.zeros_like(x))
+    monkeypatch.setattr(Dense, "forward", lambda self, x, cache=None, pos=0: torch.zeros_like(x))
     assert main(["train", "--smoke", *TINY_ARGS]) == 1
     out = capsys.readouterr().out
     assert "tilelli-lite-fp32" in out and "FAIL: step 1: dense grad norm 0.0" in out

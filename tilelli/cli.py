@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])  # argparse itself exits 2 on bad usage
     from tilelli.errors import Interrupted, TilelliError
-    from tilelli.paths import os_error_line
+    from tilelli.train.paths import os_error_line
     try:
         return int(module.run(args) or 0)
     except TilelliError as e:

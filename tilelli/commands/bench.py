@@ -20,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from tilelli.checkpoint_files import checkpoint_dir, default_checkpoint
     from tilelli.errors import TilelliError
+    from tilelli.model.checkpoint_files import checkpoint_dir, default_checkpoint
 
     if args.repeats < 1 or args.threads < 0:
         raise TilelliError("--repeats must be >= 1 and --threads >= 0")

@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from tilelli.checkpoint import default_checkpoint, load
-    from tilelli.evaluate import bootstrap_ci, window_losses
+    from tilelli.model.checkpoint import default_checkpoint, load
+    from tilelli.train.evaluate import bootstrap_ci, window_losses
 
     if args.threads:
         torch.set_num_threads(args.threads)

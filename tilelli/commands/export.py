@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tilelli.errors import TilelliError
-from tilelli.paths import check_writable_dir
+from tilelli.train.paths import check_writable_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,15 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _bpb(model: Any, data: Path) -> tuple[float, int]:
-    from tilelli.evaluate import evaluate_bpb
+    from tilelli.train.evaluate import evaluate_bpb
 
     result = evaluate_bpb(model, data, batch_size=16, seq_len=min(256, model.config.max_seq_len))
     return result.bpb, result.bytes
 
 
 def _source_dir(args: argparse.Namespace) -> Path:
-    from tilelli.checkpoint import checkpoint_dir
-    from tilelli.runs import best_checkpoint, list_checkpoints
+    from tilelli.model.checkpoint import checkpoint_dir
+    from tilelli.train.runs import best_checkpoint, list_checkpoints
 
     source = Path(args.checkpoint)
     if args.best:
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from tilelli.checkpoint import load, read_config, save
+    from tilelli.model.checkpoint import load, read_config, save
 
     if args.threads:
         torch.set_num_threads(args.threads)

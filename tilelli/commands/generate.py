@@ -84,8 +84,8 @@ def _shade(prob: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tilelli.checkpoint_files import checkpoint_dir, default_checkpoint, read_config
-    from tilelli.generate import SamplingConfig, stream
+    from tilelli.infer.generate import SamplingConfig, stream
+    from tilelli.model.checkpoint_files import checkpoint_dir, default_checkpoint, read_config
 
     prompt = _read_prompt(args)
     stops = tuple(s.encode("utf-8").decode("unicode_escape").encode("latin-1") for s in args.stop)

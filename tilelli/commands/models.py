@@ -1,6 +1,6 @@
 """`tilelli models`: the named configs with their real parameter counts.
 
-The counts come from the configs' shapes (tilelli.params), not from built models, so the table
+The counts come from the configs' shapes (tilelli.model.params), not from built models, so the table
 answers at once instead of after the torch import; a test pins them to `build_model(cfg)`.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from tilelli.config import from_name, list_configs
-from tilelli.params import count_params
+from tilelli.model.config import from_name, list_configs
+from tilelli.model.params import count_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

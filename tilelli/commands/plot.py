@@ -1,12 +1,12 @@
-"""`tilelli plot`: overlay train/valid bits-per-byte curves of runs into a PNG (see tilelli.plot)."""
+"""`tilelli plot`: overlay train/valid bits-per-byte curves of runs into a PNG (see tilelli.train.plot)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from tilelli.paths import check_writable_file
-from tilelli.plot import plot_runs
+from tilelli.train.paths import check_writable_file
+from tilelli.train.plot import plot_runs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

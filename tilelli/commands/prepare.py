@@ -1,4 +1,4 @@
-"""`tilelli prepare`: pack raw text into train.bin / valid.bin / meta.json (see tilelli.prepare)."""
+"""`tilelli prepare`: pack raw text into train.bin / valid.bin / meta.json (see tilelli.train.prepare)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from tilelli.errors import TilelliError
-from tilelli.paths import check_writable_dir
-from tilelli.prepare import DEFAULT_DELIMITER, FORMATS, prepare, prepare_hf_tinystories, summary
+from tilelli.train.paths import check_writable_dir
+from tilelli.train.prepare import DEFAULT_DELIMITER, FORMATS, prepare, prepare_hf_tinystories, summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

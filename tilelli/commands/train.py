@@ -1,7 +1,7 @@
-"""`tilelli train`: train a named config (see tilelli.train); `--smoke` checks every config.
+"""`tilelli train`: train a named config (see tilelli.train.trainer); `--smoke` checks every config.
 
 Under `torchrun --nproc_per_node N -m tilelli train ...` it trains data-parallel, with
---batch-size per rank. Every argument and path is checked (tilelli.train_config) before the
+--batch-size per rank. Every argument and path is checked (tilelli.train.config) before the
 trainer, and with it torch, is imported: a typo costs a fraction of a second, not the import.
 """
 
@@ -12,12 +12,12 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from tilelli.config import list_configs
 from tilelli.errors import TilelliError
-from tilelli.train_config import OPTIMIZERS, TrainConfig, check_overrides
+from tilelli.model.config import list_configs
+from tilelli.train.config import OPTIMIZERS, TrainConfig, check_overrides
 
 if TYPE_CHECKING:
-    from tilelli.train import SmokeResult
+    from tilelli.train.trainer import SmokeResult
 
 _D = TrainConfig()  # the defaults shown in --help
 
@@ -91,7 +91,7 @@ def _report(result: SmokeResult) -> None:
 def run(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.override)
     if args.smoke:
-        from tilelli.train import smoke
+        from tilelli.train.trainer import smoke
 
         results = smoke(overrides=overrides, report=_report)
         failed = [r.model for r in results if not r.ok]
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     fields = set(TrainConfig.__dataclass_fields__) - {"overrides", "quiet"}
     cfg = TrainConfig(overrides=overrides, **{k: getattr(args, k) for k in fields})
     cfg.check_inputs()  # before torch loads
-    from tilelli.train import Trainer
+    from tilelli.train.trainer import Trainer
 
     Trainer(cfg).run()
     return 0

@@ -22,10 +22,10 @@ def load_decoder(path: str | os.PathLike, engine: str = "auto", threads: int = 0
     if engine not in ("auto", "native", "torch"):
         raise TilelliError(f"engine {engine!r}; expected auto, native or torch")
     if engine != "torch":
-        from tilelli.checkpoint_files import read_config
-        from tilelli.config import ModelConfig
         from tilelli.infer.engine import NativeModel, library, unsupported
         from tilelli.kernels.build import enabled, note
+        from tilelli.model.checkpoint_files import read_config
+        from tilelli.model.config import ModelConfig
 
         why = unsupported(ModelConfig.from_dict(read_config(path)["model"]))
         if why is None and not enabled():
@@ -39,8 +39,8 @@ def load_decoder(path: str | os.PathLike, engine: str = "auto", threads: int = 0
         note(f"{why}; generating with the PyTorch path (same bytes, slower)")
     import torch
 
-    from tilelli.checkpoint import load
     from tilelli.infer.torch_decoder import TorchDecoder
+    from tilelli.model.checkpoint import load
 
     if threads:
         torch.set_num_threads(threads)

@@ -94,9 +94,9 @@ def checkpoint_rates(path: Path, threads: int, repeats: int, n: int = 200, prefi
     """The native engine and tilelli's PyTorch path on one checkpoint."""
     import torch
 
-    from tilelli.checkpoint import load
     from tilelli.infer.engine import NativeModel
     from tilelli.infer.torch_decoder import TorchDecoder
+    from tilelli.model.checkpoint import load
 
     torch.set_num_threads(threads)
     fast = NativeModel.load(path, threads=threads)
@@ -161,7 +161,7 @@ def cli_startup(checkpoint: Path | None, threads: int, repeats: int) -> dict[str
 
 
 def machine() -> dict[str, Any]:
-    from tilelli.train import cpu_name
+    from tilelli.train.trainer import cpu_name
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else (None,)
     return {"cpu": cpu_name(), "cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),

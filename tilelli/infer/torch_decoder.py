@@ -1,4 +1,4 @@
-"""The PyTorch reference decoder: a `tilelli.models.LM` behind the generation loop's interface.
+"""The PyTorch reference decoder: a `tilelli.model.models.LM` behind the generation loop's interface.
 
 It runs every model (the parent blocks too) and is what the native engine is checked
 against. Each sequence is its own `InferenceState` of batch size 1, so sequences of different
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tilelli.models import LM, InferenceState
+from tilelli.model.models import LM, InferenceState
 
 
 class TorchDecoder:

@@ -8,7 +8,7 @@ uint16 the engine widens in registers.
 What each layer becomes (`EngineWeight`):
 - ternary (quantized) layers: 2-bit codes in the engine's block layout (see engine.c), 2 bits
   per weight resident, plus their scales; from a packed file's trits (5 per byte) or, for an
-  unpacked ternary checkpoint, quantized here exactly as `tilelli.ternary` does;
+  unpacked ternary checkpoint, quantized here exactly as `tilelli.model.ternary` does;
 - FP32 layers: bfloat16 when the file stores bf16 (exact: that is what it holds), float32 when
   it stores float32 (exact too; nothing is rounded behind the user's back).
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from tilelli.errors import TilelliError
-from tilelli.packing import unpack_trits
+from tilelli.model.packing import unpack_trits
 
 BLOCK = 64  # weights per 2-bit block, BLOCK in engine.c
 KIND_F32, KIND_BF16, KIND_T2 = 0, 1, 2
@@ -76,7 +76,7 @@ def pack_2bit(trits: np.ndarray) -> np.ndarray:
 
 
 def quantize(w2d: np.ndarray, per_row: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(trits int8, scales float32) of `tilelli.ternary`: alpha = mean|w| (clamped at 1e-8),
+    """(trits int8, scales float32) of `tilelli.model.ternary`: alpha = mean|w| (clamped at 1e-8),
     trits = clamp(round(w / alpha), -1, 1); for unpacked ternary checkpoints."""
     w = w2d.astype(np.float32)
     scale = np.abs(w).mean(axis=1, keepdims=True) if per_row else np.abs(w).mean().reshape(1, 1)

@@ -1,11 +1,12 @@
 """Depthwise causal 1-D convolution in the (B, T, C) layout as a small C kernel.
 
 `causal_conv(x, w, history)` computes what `F.conv1d(groups=C)` over the left-padded,
-transposed input computes (`TernaryConv1d`'s reference path, which dispatches here when
-`applicable`), without the transposes, copies and mkldnn set-up that dominate that path at
-these sizes (k <= 21 taps, a few hundred channels): every loop of the C code runs along the
-contiguous channels. The backward gives dx, dw (and the history's gradient when asked), dw
-summed in a fixed order, so it is bit-identical from run to run whatever the thread count.
+transposed input computes (the reference path of `tilelli.model.pathways.conv.CausalConv`,
+which dispatches here when `applicable`), without the transposes, copies and mkldnn set-up
+that dominate that path at these sizes (k <= 21 taps, a few hundred channels): every loop of
+the C code runs along the contiguous channels. The backward gives dx, dw (and the history's
+gradient when asked), dw summed in a fixed order, so it is bit-identical from run to run
+whatever the thread count.
 
 Built on first use by `tilelli.kernels.build` (never at import); without a compiler it says so
 once (a `tilelli: note:` line) and `available()` is False: callers then use PyTorch.

@@ -1,7 +1,7 @@
 """Causal top-k attention as a small C kernel (forward and backward), built on first use.
 
 `topk_attention(q, k, v, top_k, offset)` has the semantics of
-`tilelli.pathways.attention.topk_causal_attention` (which dispatches here when `applicable`),
+`tilelli.model.pathways.attention.topk_causal_attention` (which dispatches here when `applicable`),
 but never forms the (Tq, Tk) score matrix: each query scores its visible keys into a small
 per-thread buffer, keeps the top_k, and saves their indices and softmax weights, so the
 backward costs O(T * top_k * d) instead of O(T^2 * d). One difference: where several keys tie

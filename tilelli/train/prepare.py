@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tilelli.errors import TilelliError
-from tilelli.paths import check_writable_dir, created_dirs
+from tilelli.train.paths import check_writable_dir, created_dirs
 
 DEFAULT_DELIMITER = "<|endoftext|>"
 FORMATS = ("auto", "txt", "jsonl", "tinystories")

@@ -19,10 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tilelli.blocks import make_block, router_entropy
-from tilelli.config import ModelConfig
 from tilelli.errors import TilelliError
-from tilelli.ternary import TernaryEmbedding, TernaryLinear, TernaryModule
+from tilelli.model.blocks import make_block, router_entropy
+from tilelli.model.config import ModelConfig
+from tilelli.model.ternary import TernaryEmbedding, TernaryLinear, TernaryModule
 
 
 @dataclass

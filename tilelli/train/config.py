@@ -3,7 +3,7 @@
 `tilelli train` builds a `TrainConfig` and calls `check_inputs()` before it imports the trainer
 (and with it torch, seconds of start-up): a bad number, an unknown or mistyped --override, a
 missing data dir or an output directory that cannot be written is reported at once, in one
-line. The trainer (`tilelli.train.Trainer`, which re-exports this class) runs the same checks
+line. The trainer (`tilelli.train.trainer.Trainer`, which re-exports this class) runs the same checks
 for library callers.
 """
 
@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tilelli.config import ModelConfig, TernaryOptions, field_type_error, from_name
 from tilelli.errors import TilelliError
-from tilelli.paths import check_writable_dir
-from tilelli.runs import list_checkpoints
+from tilelli.model.config import ModelConfig, TernaryOptions, field_type_error, from_name
+from tilelli.train.paths import check_writable_dir
+from tilelli.train.runs import list_checkpoints
 
-OPTIMIZERS: tuple[str, ...] = ("adamw", "muon")  # tilelli.optim builds them
+OPTIMIZERS: tuple[str, ...] = ("adamw", "muon")  # tilelli.train.optim builds them
 OVERRIDABLE = frozenset(set(ModelConfig.__dataclass_fields__) - {"ternary"} | set(TernaryOptions.__dataclass_fields__))
 
 
@@ -43,7 +43,7 @@ def check_overrides(overrides: dict[str, Any]) -> None:
 
 
 def _check_bin(path: Path, min_bytes: int = 1, why: str = "") -> None:
-    """A prepared .bin exists and is long enough (what tilelli.data checks when it opens one)."""
+    """A prepared .bin exists and is long enough (what tilelli.train.data checks when it opens one)."""
     if not path.is_file():
         raise TilelliError(f"no {path.name} in {path.parent}; run `tilelli prepare` first")
     size = path.stat().st_size

@@ -2,14 +2,14 @@
 
 `tilelli models` lists every named config with its size; building the models to count them
 costs the torch import (seconds) for a table that is pure arithmetic. Each function below
-mirrors the constructor it names (tilelli.models, tilelli.blocks, tilelli.pathways,
-tilelli.ternary), and a test pins `count_params(cfg) == build_model(cfg).num_params()` for
+mirrors the constructor it names (tilelli.model.models, tilelli.model.blocks, tilelli.model.pathways,
+tilelli.model.ternary), and a test pins `count_params(cfg) == build_model(cfg).num_params()` for
 every named config and for variants that switch on each shape option, so the two cannot drift.
 """
 
 from __future__ import annotations
 
-from tilelli.config import ModelConfig, TernaryOptions
+from tilelli.model.config import ModelConfig, TernaryOptions
 
 
 def ternary_weight(rows: int, cols: int, opts: TernaryOptions) -> int:
@@ -39,7 +39,7 @@ def dense(cfg: ModelConfig) -> int:
 
 
 def pathway(name: str, cfg: ModelConfig) -> int:
-    """One bank of the pathway `name`, as `tilelli.blocks.make_pathway` builds it."""
+    """One bank of the pathway `name`, as `tilelli.model.blocks.make_pathway` builds it."""
     d = cfg.d_model
     if name == "local":
         return ternary_weight(d, cfg.local_kernel, cfg.ternary)  # depthwise conv (C, 1, k)

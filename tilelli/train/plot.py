@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tilelli.errors import TilelliError
-from tilelli.runs import RUN_FILE, read_metrics
+from tilelli.train.runs import RUN_FILE, read_metrics
 
 
 def run_label(run_dir: Path) -> str:

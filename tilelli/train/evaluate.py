@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tilelli.data import eval_windows
+from tilelli.train.data import eval_windows
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ share one cache interface:
 so a block and the generation loop never ask what kind of pathway they hold.
 """
 
-from tilelli.pathways.attention import CausalAttention
-from tilelli.pathways.dense import Dense
-from tilelli.pathways.state import StateSpace
-from tilelli.ternary import TernaryConv1d as CausalConv
+from tilelli.model.pathways.attention import CausalAttention
+from tilelli.model.pathways.conv import CausalConv
+from tilelli.model.pathways.dense import Dense
+from tilelli.model.pathways.state import StateSpace
 
 __all__ = ["CausalAttention", "CausalConv", "Dense", "StateSpace"]

@@ -46,15 +46,15 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from tilelli import checkpoint
-from tilelli.config import ModelConfig, list_configs
-from tilelli.data import ByteBatches, open_bin
 from tilelli.errors import Interrupted, TilelliError
-from tilelli.evaluate import evaluate_bpb
-from tilelli.models import LM, build_model
-from tilelli.optim import build_optimizers, lr_at, set_lr
-from tilelli.runs import CHECKPOINTS, METRICS_FILE, RUN_FILE, list_checkpoints, read_metrics
-from tilelli.train_config import TrainConfig  # defined torch-free (the CLI checks it first); used from here
+from tilelli.model import checkpoint
+from tilelli.model.config import ModelConfig, list_configs
+from tilelli.model.models import LM, build_model
+from tilelli.train.config import TrainConfig  # defined torch-free (the CLI checks it first); used from here
+from tilelli.train.data import ByteBatches, open_bin
+from tilelli.train.evaluate import evaluate_bpb
+from tilelli.train.optim import build_optimizers, lr_at, set_lr
+from tilelli.train.runs import CHECKPOINTS, METRICS_FILE, RUN_FILE, list_checkpoints, read_metrics
 
 STATE_FILE = "trainer.pt"
 

@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tilelli.config import TernaryOptions
-from tilelli.ternary import TernaryLinear
+from tilelli.model.config import TernaryOptions
+from tilelli.model.ternary import TernaryLinear
 
 
 class Dense(nn.Module):

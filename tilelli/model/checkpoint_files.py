@@ -1,6 +1,6 @@
 """The torch-free half of checkpoints: find a checkpoint directory and read its config.json.
 
-Kept apart from `tilelli.checkpoint` (which imports torch to build models) so that the native
+Kept apart from `tilelli.model.checkpoint` (which imports torch to build models) so that the native
 inference path and the CLI's argument checks can open a checkpoint in milliseconds.
 """
 
@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from tilelli.errors import TilelliError
-from tilelli.runs import list_checkpoints
+from tilelli.train.runs import list_checkpoints
 
 FORMAT = "tilelli"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 # checkpoints that ship with the repository; `tilelli generate` without --checkpoint uses DEFAULT_MODEL
-SHIPPED_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
 DEFAULT_MODEL = "tilelli-lite-ternary"
 
 

@@ -6,7 +6,7 @@
 
 FP32 checkpoints hold the state_dict (latent weights). A *packed* checkpoint of a ternary
 model stores every quantized `TernaryModule` as `<prefix>.trits` (uint8, five trits per byte,
-see `tilelli.packing`) plus `<prefix>.scale` (float32, one per tensor or per row), with the
+see `tilelli.model.packing`) plus `<prefix>.scale` (float32, one per tensor or per row), with the
 weight shapes in the safetensors metadata; norms, positional embedding, SSM scalars and
 router stay FP32. Its config.json adds `ternary_weights`, `packed_bytes` and
 `bits_per_weight` (trit + scale bytes per ternary weight, from the bytes really written).
@@ -29,7 +29,8 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from tilelli.checkpoint_files import (  # noqa: F401  (re-exported: the torch-free half of this module)
+from tilelli.errors import TilelliError
+from tilelli.model.checkpoint_files import (  # noqa: F401  (re-exported: the torch-free half of this module)
     CONFIG_FILE,
     DEFAULT_MODEL,
     FORMAT,
@@ -40,10 +41,9 @@ from tilelli.checkpoint_files import (  # noqa: F401  (re-exported: the torch-fr
     default_checkpoint,
     read_config,
 )
-from tilelli.config import ModelConfig
-from tilelli.errors import TilelliError
-from tilelli.packing import pack_trits, packed_size, unpack_trits
-from tilelli.ternary import TernaryModule
+from tilelli.model.config import ModelConfig
+from tilelli.model.packing import pack_trits, packed_size, unpack_trits
+from tilelli.model.ternary import TernaryModule
 
 _META_SHAPES = "tilelli.packed_shapes"  # safetensors metadata: JSON {prefix: weight shape}
 _META_ALIASES = "tilelli.aliases"  # JSON {name: name it shares storage with}
@@ -191,7 +191,7 @@ def _write_atomic(target: Path, data: bytes) -> None:
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model described by `path/config.json` with the weights of
     `path/model.safetensors` (FP32 or packed) on `device`, in eval mode."""
-    from tilelli.models import build_model  # models import the pathways; keep this module light
+    from tilelli.model.models import build_model  # models import the pathways; keep this module light
 
     ckpt = checkpoint_dir(path)
     cfg = read_config(ckpt)

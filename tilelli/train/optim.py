@@ -25,8 +25,8 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from tilelli.ternary import TernaryModule
-from tilelli.train_config import OPTIMIZERS  # the names, torch-free, for the CLI's checks
+from tilelli.model.ternary import TernaryModule
+from tilelli.train.config import OPTIMIZERS  # the names, torch-free, for the CLI's checks
 
 OptimizerName = Literal["adamw", "muon"]
 ADAMW_BETAS = (0.9, 0.95)

@@ -26,9 +26,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tilelli.config import TernaryOptions
 from tilelli.kernels import topk_attention as kernel
-from tilelli.ternary import TernaryLinear
+from tilelli.model.config import TernaryOptions
+from tilelli.model.ternary import TernaryLinear
 
 
 class KVCache:

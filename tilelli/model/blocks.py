@@ -29,8 +29,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from tilelli.config import ModelConfig
-from tilelli.pathways import CausalAttention, CausalConv, Dense, StateSpace
+from tilelli.model.config import ModelConfig
+from tilelli.model.pathways import CausalAttention, CausalConv, Dense, StateSpace
 
 
 @dataclass
