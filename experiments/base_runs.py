@@ -41,7 +41,7 @@ LONG = {"steps": 1000, "warmup": 50, "batch_size": 4, "seq_len": CONTEXT, "eval_
         "eval_batches": 50, "ckpt_every": 50, "keep_last": 4}
 # 250 QAT steps, not the 400 first planned: the long runs went slower than measured before launch
 # (other work shared the CPUs), and 400 would not have finished inside the session.
-QAT = {**LONG, "steps": 250, "warmup": 20, "eval_every": 50}
+QAT = {**LONG, "steps": 250, "warmup": 20, "eval_every": 125}
 SETTING = ("muon", 2e-3)
 QAT_WEIGHT_DECAY = {"qat-wd0.1": 0.1, "qat-wd0": 0.0}
 
