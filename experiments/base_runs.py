@@ -63,13 +63,13 @@ def main() -> None:
     parser.add_argument("--data", default="data/tinystories", help="`tilelli prepare` output")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    parser.add_argument("--only", default="", help="run only the runs whose name contains this (others are skipped)")
+    parser.add_argument("--only", default="", help="run only the run of this name (the others are skipped)")
     args = parser.parse_args()
     lite = long_run(LITE)
     source = args.runs_dir / lite.name / "checkpoints" / f"step-{lite.steps:07d}"
 
     def go(run: Run) -> str:
-        if args.only not in run.name:
+        if args.only and args.only != run.name:
             return run.name
         line = launch(run, args.runs_dir, args.data, args.threads, args.dry_run)
         print(line, flush=True)
