@@ -59,7 +59,8 @@ typedef struct {
 } tl_model;
 
 typedef struct {
-    float *k;        /* (n_layers, n_heads, d_head, key_stride(max_len)): keys transposed */
+    float *k;        /* (n_layers, n_heads, key_stride(max_len) / KEY_BLOCK, d_head, KEY_BLOCK): keys,
+                      * transposed in blocks of KEY_BLOCK positions */
     float *v;        /* (n_layers, n_heads, max_len, d_head) */
     float *conv;     /* (n_layers, kernel - 1, d): the last kernel-1 normalised inputs (lite) */
     int64_t max_len, pos;
@@ -531,10 +532,12 @@ static void heap_replace_root(int64_t *h, int64_t size, int64_t j, const float *
 
 /* Attention of one query (one head of a sequence at absolute position p) over keys 0..p: the
  * top_k highest raw scores (all of them when top_k is 0 or >= p + 1), then softmax(scale *
- * score) over those weights the value rows. Keys are stored transposed, kt (dh, ld), so the
- * scores of KEY_BLOCK keys are dh vector FMAs (no horizontal sums); values are rows (.., dh).
+ * score) over those weights the value rows. Keys are stored transposed in blocks of
+ * KEY_BLOCK positions, kt (blocks, dh, KEY_BLOCK): the scores of a block are dh vector FMAs (no
+ * horizontal sums) over one contiguous 10 KB tile (a plain (dh, max_len) layout touched dh
+ * pages per block, and its TLB misses dominated batched decoding); values are rows (.., dh).
  * `s`: key_stride(p + 1) floats of scratch. */
-static void attend(const float *q, const float *kt, int64_t ld, const float *vc, int64_t p, int64_t dh,
+static void attend(const float *q, const float *kt, const float *vc, int64_t p, int64_t dh,
                    int64_t top_k, float *s, float *out) {
     const int64_t n = p + 1, padded = key_stride(n);
     const float scale = 1.0f / sqrtf((float)dh);
@@ -542,7 +545,7 @@ static void attend(const float *q, const float *kt, int64_t ld, const float *vc,
         float acc[KEY_BLOCK] = {0};
         for (int64_t c = 0; c < dh; ++c) {
             const float qc = q[c];
-            const float *restrict kc = kt + c * ld + j0;
+            const float *restrict kc = kt + (j0 * dh + c * KEY_BLOCK);
 #pragma omp simd
             for (int l = 0; l < KEY_BLOCK; ++l) acc[l] += qc * kc[l];
         }
@@ -636,11 +639,11 @@ void tl_forward(const tl_model *m, int64_t n_seq, tl_seq *const *seqs, const int
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < n; ++t) {  /* store this call's keys (transposed) and values */
                 const tl_seq *sq = seqs[seq_of[t]];
-                const int64_t ld = key_stride(sq->max_len);
+                const int64_t ld = key_stride(sq->max_len), p = pos_of[t];
                 for (int64_t hh = 0; hh < H; ++hh) {
                     const float *kn = qkv + t * 3 * d + H * dh + hh * dh;
-                    float *kt = sq->k + (l * H + hh) * dh * ld + pos_of[t];
-                    for (int64_t c = 0; c < dh; ++c) kt[c * ld] = kn[c];
+                    float *kt = sq->k + (l * H + hh) * dh * ld + (p / KEY_BLOCK) * dh * KEY_BLOCK + p % KEY_BLOCK;
+                    for (int64_t c = 0; c < dh; ++c) kt[c * KEY_BLOCK] = kn[c];
                     memcpy(sq->v + ((l * H + hh) * sq->max_len + pos_of[t]) * dh,
                            qkv + t * 3 * d + 2 * H * dh + hh * dh, (size_t)dh * sizeof(float));
                 }
@@ -650,7 +653,7 @@ void tl_forward(const tl_model *m, int64_t n_seq, tl_seq *const *seqs, const int
                 const int64_t t = th / H, hh = th % H;
                 const tl_seq *sq = seqs[seq_of[t]];
                 const int64_t ld = key_stride(sq->max_len);
-                attend(qkv + t * 3 * d + hh * dh, sq->k + (l * H + hh) * dh * ld, ld,
+                attend(qkv + t * 3 * d + hh * dh, sq->k + (l * H + hh) * dh * ld,
                        sq->v + (l * H + hh) * sq->max_len * dh, pos_of[t], dh, m->top_k, rowbuf, att + t * d + hh * dh);
             }
             matmul(&ly->proj, att, d, n, y1, d, mine, 0);

@@ -102,10 +102,10 @@ def _addr(a: np.ndarray) -> int:
 
 
 class Sequence:
-    """One sequence's caches: keys transposed (layers, heads, d_head, max_len padded to the
-    engine's key block, `tl_key_stride`) so the engine scores a block of keys with vector FMAs, values (layers, heads,
-    max_len, d_head), the last kernel-1 normalised inputs of every conv, and the position
-    (bytes consumed so far): the one inference state of the native path."""
+    """One sequence's caches and position (bytes consumed so far): the one inference state of
+    the native path. Keys are stored transposed in blocks of positions (layout in engine.c;
+    `tl_key_stride(max_len)` positions per head), values as (layers, heads, max_len, d_head)
+    rows, and the last kernel-1 normalised inputs of every conv."""
 
     def __init__(self, config: ModelConfig, max_len: int, key_stride: int):
         L, H, dh, d = config.n_layers, config.n_heads, config.head_dim, config.d_model

@@ -1,0 +1,66 @@
+"""Export the base runs of `base_runs.py` into checkpoints/: the models that ship (issue 10).
+
+- `tilelli-lite-fp32`: the long Lite FP32 run's checkpoint at step 1000, the one both QAT runs
+  started from ("the same checkpoint twice"), stored in bf16 after measuring the change on
+  the whole valid slice;
+- `tilelli-lite-ternary` (the default model): the QAT run with the lowest validated bpb, at its
+  best step, as packed trits;
+- `vanilla-fp32`: the long vanilla run at its best step, bf16 (checked the same way).
+
+Each is a plain `tilelli export` command; old shipped directories of these names are replaced.
+
+    python experiments/ship_base.py --runs-dir ~/tl/runs --data ~/tl/data/tinystories [--only NAME] [--dry-run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tilelli.train.runs import read_metrics  # noqa: E402
+
+QAT_RUNS = ("qat-wd0.1", "qat-wd0")
+
+
+def best_valid(run_dir: Path) -> float:
+    _, valid = read_metrics(run_dir)
+    return min(r["valid_bpb"] for r in valid)
+
+
+def commands(runs: Path, data: Path) -> dict[str, list[str]]:
+    twin = min(QAT_RUNS, key=lambda r: best_valid(runs / r))
+    valid = str(data / "valid.bin")
+    return {
+        "tilelli-lite-fp32": ["--checkpoint", str(runs / "long-tilelli-lite-fp32" / "checkpoints" / "step-0001000"),
+                              "--bf16", "--check-data", valid],
+        "tilelli-lite-ternary": ["--checkpoint", str(runs / twin), "--best", "--packed"],
+        "vanilla-fp32": ["--checkpoint", str(runs / "long-vanilla-fp32"), "--best", "--bf16", "--check-data", valid],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs-dir", type=Path, required=True)
+    ap.add_argument("--data", type=Path, required=True, help="the `tilelli prepare` dir the runs trained on")
+    ap.add_argument("--only", default="", help="export only this shipped name")
+    ap.add_argument("--dry-run", action="store_true")
+    args = ap.parse_args()
+    exe = shutil.which("tilelli", path=str(Path(sys.executable).parent)) or "tilelli"
+    for name, extra in commands(args.runs_dir, args.data).items():
+        if args.only and args.only != name:
+            continue
+        out = ROOT / "checkpoints" / name
+        cmd = [exe, "export", *extra, "--out", str(out), "--threads", "1"]
+        print(" ".join(cmd), flush=True)
+        if not args.dry_run:
+            shutil.rmtree(out, ignore_errors=True)
+            subprocess.run(cmd, check=True)
+
+
+if __name__ == "__main__":
+    main()
