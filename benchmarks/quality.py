@@ -8,11 +8,17 @@ re-prepared from ../shared/data with `tilelli prepare` and must hash to what the
 recorded, so the numbers are about the same bytes. Writes benchmarks/results/quality.json and .md.
 
     python benchmarks/quality.py            # ~15 min on 2 CPU cores
+    python benchmarks/quality.py --reuse    # measure only checkpoints whose weights changed
+
+`--reuse` keeps the row of every checkpoint whose model.safetensors hashes to the sha256 the
+existing quality.json recorded; `--only NAME` measures just that checkpoint (and reuses the
+others where it can).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import platform
@@ -58,7 +64,8 @@ def measure(ckpt: Path, data_dir: Path, meta: dict) -> dict:
         raise SystemExit(f"error: {ckpt} was trained on other bytes than the prepared slices (train sha256 differs)")
     model = load(ckpt)
     tokens = cfg["tokens"] + cfg.get("init", {}).get("tokens", 0)
-    row = {"name": ckpt.name, "config": cfg["train"]["model"], "params": cfg["params"],
+    row = {"name": ckpt.name, "weights_sha256": weights_sha256(ckpt), "config": cfg["train"]["model"],
+           "params": cfg["params"],
            "weights": "packed trits" if cfg["packed"] else cfg["weights_dtype"],
            "bits_per_weight": round(cfg["bits_per_weight"], 4) if cfg["packed"] else
            {"bfloat16": 16, "float32": 32}[cfg["weights_dtype"]],
@@ -69,6 +76,10 @@ def measure(ckpt: Path, data_dir: Path, meta: dict) -> dict:
     if "init" in cfg:
         row["init"] = cfg["init"]
     return row
+
+
+def weights_sha256(ckpt: Path) -> str:
+    return hashlib.sha256((ckpt / "model.safetensors").read_bytes()).hexdigest()
 
 
 def ternary_ratios(rows: list[dict]) -> dict[str, float]:
@@ -104,11 +115,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reuse", action="store_true", help="keep the rows of unchanged checkpoints")
+    ap.add_argument("--only", action="append", default=[], help="measure only this checkpoint (repeatable)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    old_file = args.out / "quality.json"
+    old = {r["name"]: r for r in json.loads(old_file.read_text())["rows"]} if old_file.is_file() else {}
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         meta = prepared_data(Path(tmp))
-        rows = [measure(ckpt, Path(tmp), meta) for ckpt in shipped()]
+        for ckpt in shipped():
+            kept = old.get(ckpt.name)
+            if (args.reuse or args.only) and kept and kept.get("weights_sha256") == weights_sha256(ckpt) \
+                    and ckpt.name not in args.only:
+                rows.append(kept)
+            elif not args.only or ckpt.name in args.only:
+                rows.append(measure(ckpt, Path(tmp), meta))
     result = {"benchmark": "quality", "machine": platform.platform(), "torch": torch.__version__,
               "valid": {"file": VALID_FILE, "sha256": meta["valid"]["sha256"]},
               "ood_bytes": OOD_BYTES, "ood_files": OOD_FILES, "window": [BATCH, SEQ], "rows": rows,

@@ -23,7 +23,8 @@ from checker import Checker  # noqa: E402
 from quality import RESULTS, SHIPPED_DIR, measure, prepared_data, ternary_ratios  # noqa: E402
 
 BPB_TOLERANCE, CI_TOLERANCE, RATIO_TOLERANCE = 0.002, 0.01, 0.004
-EXACT = ("config", "params", "weights", "bits_per_weight", "checkpoint_kb", "step", "tokens", "epochs")
+EXACT = ("weights_sha256", "config", "params", "weights", "bits_per_weight", "checkpoint_kb", "step", "tokens",
+         "epochs")
 
 
 def main() -> int:
