@@ -72,6 +72,10 @@ static inline int64_t nblocks(int64_t cols) { return (cols + BLOCK - 1) / BLOCK;
 
 static inline float row_scale(const tl_weight *w, int64_t r) { return w->scale[w->per_row ? r : 0]; }
 
+/* The 2-bit code (trit + 1) of weight i (0..BLOCK-1) of a block's 8 words: the scalar decode
+ * every vector path has as its tail and its fallback. */
+static inline int t2_code(const uint16_t *block, int64_t i) { return (block[i % 8] >> (2 * (i / 8))) & 3; }
+
 /* out[0..cols) = row r of w, as floats (trit * scale for T2). */
 static void decode_row(const tl_weight *w, int64_t r, float *restrict out) {
     const int64_t cols = w->cols;
@@ -108,7 +112,7 @@ static void decode_row(const tl_weight *w, int64_t r, float *restrict out) {
 #endif
     for (; c < cols; ++c) {
         const int64_t b = c / BLOCK, i = c % BLOCK;
-        out[c] = s * trit[(words[b * 8 + i % 8] >> (2 * (i / 8))) & 3];
+        out[c] = s * trit[t2_code(words + b * 8, i)];
     }
 }
 
@@ -187,7 +191,7 @@ static void t2_rows_vec(const tl_weight *w, int64_t r0, const float *restrict x,
             const uint16_t *wd = base + (r * nb + b) * 8;
             float s = 0.0f;
             for (int i = 0; i < BLOCK; ++i) {
-                const int code = (wd[i % 8] >> (2 * (i / 8))) & 3;
+                const int code = t2_code(wd, i);
                 s += code == 2 ? x[b * BLOCK + i] : code == 0 ? -x[b * BLOCK + i] : 0.0f;
             }
             y[r] += s;
@@ -199,7 +203,7 @@ static void t2_rows_vec(const tl_weight *w, int64_t r0, const float *restrict x,
             float s = 0.0f;
             for (int64_t c = full * BLOCK; c < w->cols; ++c) {
                 const int64_t i = c - full * BLOCK;
-                const int code = (wd[i % 8] >> (2 * (i / 8))) & 3;
+                const int code = t2_code(wd, i);
                 s += code == 2 ? x[c] : code == 0 ? -x[c] : 0.0f;
             }
             y[r] += s;
@@ -400,7 +404,7 @@ static void rows_small_batch(const tl_weight *w, int64_t r0, int64_t nr, const f
                 } else {
                     const uint16_t *words = (const uint16_t *)w->data + (r0 + r) * nb * 8;
                     const int64_t b = cc / BLOCK, i = cc % BLOCK;
-                    const int code = (words[b * 8 + i % 8] >> (2 * (i / 8))) & 3;
+                    const int code = t2_code(words + b * 8, i);
                     wv = (float)(code - 1) * row_scale(w, r0 + r);
                 }
                 for (int t = 0; t < NT; ++t) out[t][r] += wv * xs[t][cc];
@@ -583,11 +587,16 @@ static void attend(const float *q, const float *kt, const float *vc, int64_t p, 
 
 /* --- the forward step ------------------------------------------------------------------ */
 
+/* Each thread's scratch: a decoded weight panel, then attention scores (or an embedding row). */
+static int64_t per_thread_floats(const tl_model *m) {
+    const int64_t d = m->d, widest = m->hidden > m->vocab ? m->hidden : m->vocab;
+    return PANEL * widest + (key_stride(m->max_seq) > d ? key_stride(m->max_seq) : d) + 3 * d;
+}
+
 /* Floats of workspace a call with n tokens (over all sequences) needs, for `threads` threads. */
 int64_t tl_workspace_floats(const tl_model *m, int64_t n, int64_t threads) {
     const int64_t d = m->d, widest = m->hidden > m->vocab ? m->hidden : m->vocab;
-    const int64_t per_thread = PANEL * widest + (key_stride(m->max_seq) > d ? key_stride(m->max_seq) : d) + 3 * d;
-    return n * (4 * d + 3 * d + widest) + threads * per_thread;
+    return n * (4 * d + 3 * d + widest) + threads * per_thread_floats(m);
 }
 
 /* Run `counts[i]` new bytes of every sequence seqs[i] (tokens concatenated in `tokens`) through
@@ -613,7 +622,7 @@ void tl_forward(const tl_model *m, int64_t n_seq, tl_seq *const *seqs, const int
         }
     float *x = work, *h = x + n * d, *att = h + n * d, *y1 = att + n * d;
     float *qkv = y1 + n * d, *wide = qkv + n * 3 * d, *scratch = wide + n * widest;
-    const int64_t per_thread = PANEL * widest + (key_stride(m->max_seq) > d ? key_stride(m->max_seq) : d) + 3 * d;
+    const int64_t per_thread = per_thread_floats(m);
     float *gate = malloc((size_t)n * sizeof(float));  /* lite: each token's dense-pathway weight */
 
 #pragma omp parallel num_threads(threads)
