@@ -15,7 +15,10 @@ Protocol, and why:
 - **QAT sweep**: the twin is Lite FP32's final checkpoint continued with ternary quantization on
   (fresh optimizer and cosine, 20 warm-up steps). 250 steps (1.02 M bytes, 20 % of the twin's
   total training) with weight decay 0.1 (`qat-wd0.1`) vs 0.0 (`qat-wd0`, BitNet b1.58's last
-  phase).
+  phase). Session 2 adds `qat-long-wd0`: 500 steps (2.05 M bytes, 33 % of the twin's training;
+  the longer QAT phase that Apple's compute-optimal QAT finds best at small scale), weight decay
+  0, started from the *shipped* bf16 Lite FP32 checkpoint (the run directories of session 1
+  were lost with that machine; the shipped weights are that run's step 1000 rounded to bf16).
 
     python experiments/base_runs.py --runs-dir ~/tl/runs --data ~/tl/data/tinystories
     python experiments/base_runs.py --dry-run          # print the commands
@@ -43,7 +46,8 @@ LONG = {"steps": 1000, "warmup": 50, "batch_size": 4, "seq_len": CONTEXT, "eval_
 # (other work shared the CPUs), and 400 would not have finished inside the session.
 QAT = {**LONG, "steps": 250, "warmup": 20, "eval_every": 125}
 SETTING = ("muon", 2e-3)
-QAT_WEIGHT_DECAY = {"qat-wd0.1": 0.1, "qat-wd0": 0.0}
+QAT_WEIGHT_DECAY = {"qat-wd0.1": 0.1, "qat-wd0": 0.0, "qat-long-wd0": 0.0}
+QAT_STEPS = {"qat-long-wd0": 500}  # the others: QAT["steps"]
 
 
 def long_run(model: str) -> Run:
@@ -52,7 +56,8 @@ def long_run(model: str) -> Run:
 
 
 def qat_run(name: str, source: Path) -> Run:
-    protocol = tuple({**QAT, "weight_decay": QAT_WEIGHT_DECAY[name]}.items())
+    steps = QAT_STEPS.get(name, QAT["steps"])
+    protocol = tuple({**QAT, "steps": steps, "eval_every": steps // 2, "weight_decay": QAT_WEIGHT_DECAY[name]}.items())
     return Run(name, "tilelli-lite-ternary", *SETTING, protocol=protocol, init_from=str(source),
                overrides=(f"max_seq_len={CONTEXT}",))
 
@@ -64,9 +69,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--only", default="", help="run only the run of this name (the others are skipped)")
+    parser.add_argument("--qat-long", action="store_true",
+                        help="run only `qat-long-wd0`, from the shipped Lite FP32 checkpoint")
     args = parser.parse_args()
     lite = long_run(LITE)
     source = args.runs_dir / lite.name / "checkpoints" / f"step-{lite.steps:07d}"
+    if args.qat_long:
+        shipped = Path(__file__).resolve().parents[1] / "checkpoints" / LITE
+        print(launch(qat_run("qat-long-wd0", shipped), args.runs_dir, args.data, args.threads, args.dry_run))
+        return
 
     def go(run: Run) -> str:
         if args.only and args.only != run.name:
