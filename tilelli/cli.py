@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("tilelli.commands.models", "list the named model configs and their parameter counts"),
     "generate": ("tilelli.commands.generate", "generate text from a checkpoint, streaming to the terminal"),
     "prepare": ("tilelli.commands.prepare", "pack raw text (txt, jsonl, TinyStories) into train.bin / valid.bin"),
+    "prepare-chat": ("tilelli.commands.prepare_chat", "build the chat fine-tuning set and held-out chat prompts from shared/data"),
     "train": ("tilelli.commands.train", "train any named config (CPU, GPU, or several GPUs via torchrun)"),
     "eval": ("tilelli.commands.eval", "bits per byte of a checkpoint on a file, with a bootstrap confidence interval"),
     "export": ("tilelli.commands.export", "a checkpoint to ship: packed trits or bf16, plus its run records"),

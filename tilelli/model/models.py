@@ -100,7 +100,8 @@ class LM(nn.Module):
             state.pos += T
         out = LMOutput(logits, aux_loss=aux, router_probs=router_probs)
         if targets is not None:
-            out.ce_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+            # targets of -1 (outside a masked source's mask) do not count
+            out.ce_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
             out.loss = out.ce_loss + aux
         return out
 

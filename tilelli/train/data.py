@@ -2,7 +2,13 @@
 
 A data dir (written by `tilelli prepare`) holds `train.bin` and `valid.bin`, flat uint8 arrays
 of UTF-8 text, plus `meta.json`. Tokens are the raw bytes (vocabulary 256), so a batch is just
-windows of the file. The files are read through a memory map, indexed per window and mapped
+windows of the file.
+
+A *masked* source (written by `tilelli prepare-chat`) adds, beside `NAME.bin`, `NAME.mask.bin`
+(one uint8 per byte: 1 where that byte is a training target) and `NAME.starts.npy` (the offsets
+where a window may start). Targets outside the mask become -1, which the loss ignores, and
+windows start only at those offsets: supervised fine-tuning is the same trainer on another
+source, with the loss on the reply bytes and every window starting at a turn. The files are read through a memory map, indexed per window and mapped
 afresh for every batch, so a multi-GB bin costs only the pages one batch touches, never the
 whole file in RAM.
 """
@@ -19,6 +25,19 @@ import torch
 from tilelli.errors import TilelliError
 
 VOCAB_SIZE = 256
+IGNORE = -1  # a target the loss skips (outside a masked source's mask)
+
+
+def mask_path(path: str | Path) -> Path:
+    """`train.bin` -> `train.mask.bin`: which bytes of a masked source are training targets."""
+    path = Path(path)
+    return path.with_name(path.stem + ".mask.bin")
+
+
+def starts_path(path: str | Path) -> Path:
+    """`train.bin` -> `train.starts.npy`: where the windows of a masked source may start."""
+    path = Path(path)
+    return path.with_name(path.stem + ".starts.npy")
 
 
 def open_bin(path: str | Path) -> np.memmap:
@@ -65,11 +84,33 @@ class _Bytes:
         return np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.size,))
 
 
-def _windows(data: np.ndarray, starts: Sequence[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gather `length + 1`-byte windows at `starts` into (x, y) int64 tensors, y = x shifted by one."""
-    rows = np.stack([data[s : s + length + 1] for s in starts])  # (B, length+1); reads only those pages
-    chunk = torch.from_numpy(rows.astype(np.int64))
-    return chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()  # (B, length), (B, length)
+class _Source:
+    """A `.bin` and, when it is a masked source, its mask and allowed window starts."""
+
+    def __init__(self, data: np.ndarray | str | Path) -> None:
+        self.bytes = _Bytes(data)
+        self.mask: _Bytes | None = None
+        self.starts: np.ndarray | None = None
+        if self.bytes.path is not None and mask_path(self.bytes.path).is_file():
+            self.mask = _Bytes(mask_path(self.bytes.path))
+            where = starts_path(self.bytes.path)
+            if self.mask.size != self.bytes.size or not where.is_file():
+                raise TilelliError(f"{self.mask.name} does not match {self.bytes.name} (or {where.name} is "
+                                   "missing); re-run `tilelli prepare-chat`")
+            self.starts = np.load(where)
+
+    def windows(self, starts: Sequence[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gather `length + 1`-byte windows at `starts` into (x, y) int64 tensors, y = x shifted by
+        one, with the targets outside the mask (if any) set to IGNORE."""
+        data = self.bytes.view()
+        rows = np.stack([data[s : s + length + 1] for s in starts])  # (B, length+1); reads only those pages
+        chunk = torch.from_numpy(rows.astype(np.int64))
+        x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()  # (B, length), (B, length)
+        if self.mask is not None:
+            m = self.mask.view()
+            keep = torch.from_numpy(np.stack([m[s + 1 : s + length + 1] for s in starts]).astype(bool))
+            y[~keep] = IGNORE
+        return x, y
 
 
 class ByteBatches:
@@ -95,12 +136,19 @@ class ByteBatches:
             raise TilelliError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise TilelliError(f"rank must be in [0, world_size), got rank {rank}, world_size {world_size}")
-        self.bytes = _Bytes(data)
+        self.source = _Source(data)
+        self.bytes = self.source.bytes
         if self.bytes.size < seq_len + 1:
             raise TilelliError(
                 f"{self.bytes.name} has {self.bytes.size} bytes but one window needs seq_len + 1 = "
                 f"{seq_len + 1}; use a shorter --seq-len or more data"
             )
+        self.allowed = None  # window starts of a masked source that leave room for a whole window
+        if self.source.starts is not None:
+            self.allowed = self.source.starts[self.source.starts <= self.bytes.size - seq_len - 1]
+            if not len(self.allowed):
+                raise TilelliError(f"{self.bytes.name}: no turn starts a whole window of {seq_len + 1} bytes; "
+                                   "use a shorter --seq-len or more data")
         self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
         self.rank, self.world_size = rank, world_size
         self.rng = np.random.Generator(np.random.PCG64(seed))
@@ -108,11 +156,15 @@ class ByteBatches:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (x, y), each int64 of shape (batch_size, seq_len), on the CPU; y[:, t] = x[:, t + 1]."""
-        high = self.bytes.size - self.seq_len  # the last start that fits is size - (seq_len + 1)
-        starts = self.rng.integers(0, high, size=self.batch_size * self.world_size)  # the global batch
+        n = self.batch_size * self.world_size  # the global batch
+        if self.allowed is None:
+            high = self.bytes.size - self.seq_len  # the last start that fits is size - (seq_len + 1)
+            starts = self.rng.integers(0, high, size=n)
+        else:
+            starts = self.allowed[self.rng.integers(0, len(self.allowed), size=n)]
         mine = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         self.batches_drawn += 1
-        return _windows(self.bytes.view(), mine, self.seq_len)
+        return self.source.windows(mine, self.seq_len)
 
     def state_dict(self) -> dict:
         """A JSON-serialisable snapshot; `load_state_dict` of it makes the following batches bit-identical."""
@@ -155,21 +207,41 @@ def eval_windows(
     of up to `batch_size` rows (the last batch may have fewer); the leftover shorter than seq_len,
     if any, comes last as its own (1, rest) batch so nothing is dropped. Each window starts with
     empty context, as in training.
+
+    A masked source is cut the same way except that each window starts at the first allowed
+    start at or after the previous window's end (the rest of a turn cut by a window's end is
+    skipped, as it has no context), and only the targets inside the mask count.
     """
     if batch_size < 1 or seq_len < 1:
         raise TilelliError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
-    source = _Bytes(data)
-    if source.size < 2:
-        raise TilelliError(f"{source.name} has {source.size} byte(s); evaluation needs at least 2")
-    n_targets = source.size - 1
-    n_full = n_targets // seq_len
+    source = _Source(data)
+    size = source.bytes.size
+    if size < 2:
+        raise TilelliError(f"{source.bytes.name} has {size} byte(s); evaluation needs at least 2")
+    full, last = _eval_starts(source.starts, size, seq_len)
     yielded = 0
-    for first in range(0, n_full, batch_size):
+    for first in range(0, len(full), batch_size):
         if max_batches is not None and yielded >= max_batches:
             return
-        starts = [i * seq_len for i in range(first, min(first + batch_size, n_full))]
-        yield _windows(source.view(), starts, seq_len)
+        yield source.windows(full[first : first + batch_size], seq_len)
         yielded += 1
-    rest = n_targets - n_full * seq_len
-    if rest and (max_batches is None or yielded < max_batches):
-        yield _windows(source.view(), [n_full * seq_len], rest)
+    if last is not None and (max_batches is None or yielded < max_batches):
+        yield source.windows([last], size - 1 - last)
+
+
+def _eval_starts(allowed: np.ndarray | None, size: int, seq_len: int) -> tuple[list[int], int | None]:
+    """Starts of the whole evaluation windows, and of the shorter last one (None when none)."""
+    if allowed is None:
+        n_full = (size - 1) // seq_len
+        rest = size - 1 - n_full * seq_len
+        return [i * seq_len for i in range(n_full)], (n_full * seq_len if rest else None)
+    full, at = [], 0
+    while True:
+        i = int(np.searchsorted(allowed, at))
+        if i == len(allowed) or allowed[i] >= size - 1:
+            return full, None
+        start = int(allowed[i])
+        if start + seq_len + 1 > size:
+            return full, start
+        full.append(start)
+        at = start + seq_len

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tilelli.train.data import eval_windows
+from tilelli.train.data import IGNORE, eval_windows
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ def window_losses(model: torch.nn.Module, path: str | Path, batch_size: int, seq
     """Summed cross-entropy (nats) and byte count of every evaluation window of `path`.
 
     Windows are deterministic and non-overlapping (`eval_windows`), each starting without
-    context. Per-window sums are what a bootstrap resamples. Runs in eval mode (the model as
+    context. On a masked source only the targets inside the mask count. Per-window sums are what a bootstrap resamples. Runs in eval mode (the model as
     it is used: parent blocks skip low-weight pathways) and restores the previous mode.
     """
     was_training = model.training
@@ -43,9 +43,10 @@ def window_losses(model: torch.nn.Module, path: str | Path, batch_size: int, seq
     try:
         for x, y in eval_windows(path, batch_size, seq_len, max_batches):
             logits = model(x.to(device)).logits.float()  # (B, T, V)
-            nll = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), reduction="none")
+            nll = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), reduction="none",
+                                  ignore_index=IGNORE)  # 0 at ignored targets
             sums.append(nll.view(y.shape).sum(1).double().cpu().numpy())  # (B,)
-            counts.append(np.full(y.shape[0], y.shape[1]))
+            counts.append((y != IGNORE).sum(1).numpy())  # (B,) targets that count
     finally:
         model.train(was_training)
     return np.concatenate(sums), np.concatenate(counts)
