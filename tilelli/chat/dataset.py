@@ -66,8 +66,8 @@ UNSEEN_REQUEST_FORMS = {"topic": ("Could you write me a story about {t}?", "I'd 
                                   "Make up a story about {t}."),
                         "words": ("Make up a story using {w}.",),
                         "next": ("How does this story go on? {s}",)}
-_FACT_LIKE = re.compile(r"^(who|whom|whose|when|where|which)\b|^what (is|was|are|were) the\b|^how (many|much|old|far)\b",
-                        re.IGNORECASE)
+_FACT_LIKE = re.compile(r"^(who|whom|whose|when|where|which)\b|^what (is|was|are|were) the\b"
+                        r"|^how (many|much|old|far)\b", re.IGNORECASE)
 _NAMED = re.compile(r"\b((?:a|an) (?:[a-z]+ ){0,2}?(?:girl|boy|dog|cat|bird|bunny|rabbit|bear|mouse|fox|frog|duck|lion|"
                     r"fish|puppy|kitten|man|woman|princess|king|queen|dragon|monkey|elephant|owl|squirrel|pig|horse|"
                     r"cow|sheep|ant|bee|butterfly|turtle|car|truck|robot|tree|ball) named [A-Z][a-z]+)")
@@ -182,7 +182,8 @@ _LANGUAGE_LINES = (
     "駅はどこですか？", "你好，你叫什么名字？", "今天天气怎么样？", "안녕하세요, 만나서 반갑습니다.",
     "مرحبا، كيف حالك؟", "שלום, מה שלומך?", "Γεια σου, τι κάνεις;", "नमस्ते, आप कैसे हैं?",
 )
-_CODE_TASKS = ("reverses a string", "checks if a number is prime", "sorts a list of numbers", "counts the vowels in a word",
+_CODE_TASKS = ("reverses a string", "checks if a number is prime", "sorts a list of numbers",
+               "counts the vowels in a word",
                "returns the largest item of a list", "computes the factorial of n", "reads a file line by line",
                "removes duplicates from a list", "converts Celsius to Fahrenheit", "merges two dictionaries")
 
@@ -199,7 +200,8 @@ def other_prompts(rng: random.Random, n_each: int, stories: Sequence[str]) -> li
             rng.shuffle(chars)
             text = "".join(chars).strip() or "xq zvk"
         out.append({"kind": "gibberish", "prompt": text})
-    out += [{"kind": "language", "prompt": line} for line in rng.sample(_LANGUAGE_LINES, min(n_each, len(_LANGUAGE_LINES)))]
+    lines = rng.sample(_LANGUAGE_LINES, min(n_each, len(_LANGUAGE_LINES)))
+    out += [{"kind": "language", "prompt": line} for line in lines]
     for i in range(n_each):
         if i % 2:
             text = rng.choice(("Write a Python function that {t}.", "write code that {t}",
@@ -213,8 +215,8 @@ def other_prompts(rng: random.Random, n_each: int, stories: Sequence[str]) -> li
     for _ in range(n_each):
         a, b = rng.randint(2, 999), rng.randint(2, 99)
         op = rng.choice("+-*")
-        out.append({"kind": "arithmetic", "prompt": rng.choice(("What is {a} {op} {b}?", "{a} {op} {b} =",
-                                                              "Compute {a} {op} {b}.", "what's {a}{op}{b}")).format(a=a, op=op, b=b)})
+        form = rng.choice(("What is {a} {op} {b}?", "{a} {op} {b} =", "Compute {a} {op} {b}.", "what's {a}{op}{b}"))
+        out.append({"kind": "arithmetic", "prompt": form.format(a=a, op=op, b=b)})
     return out
 
 
@@ -284,7 +286,8 @@ def build(shared: Path, out: Path, seed: int = 0) -> dict:
         unseen = len(held_requests) % 3 == 0  # a third in templates the model never saw
         made = story_request(story, rng, UNSEEN_REQUEST_FORMS if unseen else train_forms)
         if made:
-            held_requests.append({"prompt": made[0], "reference": made[1], "template": made[2], "seen_template": not unseen})
+            held_requests.append({"prompt": made[0], "reference": made[1], "template": made[2],
+                                  "seen_template": not unseen})
     if len(held_requests) < N_HELD_OUT_REQUESTS:
         raise TilelliError(f"only {len(held_requests)} held-out requests could be built from {valid_file}")
     other = other_prompts(rng, N_OTHER_EACH, valid_stories)

@@ -53,7 +53,8 @@ def facts(qa_dir: Path, chat_dir: Path) -> list[tuple[str, str]]:
         out += [(json.loads(line)["question"], "nq-open") for line in _read(qa_dir / name).splitlines() if line]
     rows = csv.DictReader(_read(qa_dir / "TruthfulQA.csv").splitlines())
     out += [(row["Question"], "truthfulqa") for row in rows]
-    out += [(conv[0], "chatterbot-trivia") for conv in _chatterbot(chat_dir / "chatterbot_corpus_english" / "trivia.yml")]
+    trivia = _chatterbot(chat_dir / "chatterbot_corpus_english" / "trivia.yml")
+    out += [(conv[0], "chatterbot-trivia") for conv in trivia]
     return out
 
 

@@ -11,28 +11,8 @@ import argparse
 import json
 import sys
 
+from tilelli.commands.options import add_engine_arguments, add_sampling_arguments
 from tilelli.errors import Interrupted, TilelliError
-
-
-def _non_negative_int(s: str) -> int:
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} must be >= 0")
-    return v
-
-
-def _non_negative_float(s: str) -> float:
-    v = float(s)
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"{v} must be >= 0")
-    return v
-
-
-def _probability(s: str) -> float:
-    v = float(s)
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"{v} must be in (0, 1]")
-    return v
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,23 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint or training run directory (default: the shipped tilelli-lite-ternary, "
                              "or $TILELLI_CHECKPOINT)")
     parser.add_argument("--prompt", help="prompt text; without it the prompt is read from stdin (UTF-8)")
-    parser.add_argument("--max-new-tokens", type=_non_negative_int, default=256, help="bytes to generate (default 256)")
-    parser.add_argument("--temperature", type=_non_negative_float, default=0.8, help="0 = greedy (default 0.8)")
-    parser.add_argument("--top-k", type=_non_negative_int, default=0,
-                        help="sample among the k likeliest bytes (0 = off)")
-    parser.add_argument("--top-p", type=_probability, default=0.95,
-                        help="nucleus sampling mass in (0, 1] (default 0.95)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
+    add_sampling_arguments(parser, max_new_tokens=256, temperature=0.8, top_p=0.95)
     parser.add_argument("--stop", action="append", default=[],
                         help=r"stop when this text is produced (repeatable; escapes like \n work); it is not printed")
     parser.add_argument("--show-confidence", action="store_true",
                         help="colour bytes by the model's probability (TTY) and print mean/min confidence on stderr")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (text, per-byte confidence, stop reason)")
-    parser.add_argument("--engine", choices=("auto", "native", "torch"), default="auto",
-                        help="auto: the native engine when it can run the model, else PyTorch (default); "
-                             "torch: the PyTorch reference path")
-    parser.add_argument("--threads", type=_non_negative_int, default=0, help="CPU threads (0 = all available)")
+    add_engine_arguments(parser)
     parser.epilog = ("At the model's context limit (max_seq_len bytes, prompt included) generation stops "
                      "and says so on stderr. Ctrl-C stops generation and keeps what was produced.")
 

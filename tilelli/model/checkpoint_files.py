@@ -21,6 +21,7 @@ WEIGHTS_FILE = "model.safetensors"
 # checkpoints that ship with the repository; `tilelli generate` without --checkpoint uses DEFAULT_MODEL
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
 DEFAULT_MODEL = "tilelli-lite-ternary"
+DEFAULT_CHAT_MODEL = "tilelli-chat-lite-ternary"  # `tilelli chat` and `tilelli serve` without --checkpoint
 
 
 def checkpoint_dir(path: str | os.PathLike) -> Path:
@@ -67,10 +68,10 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return cfg
 
 
-def default_checkpoint() -> Path:
-    """$TILELLI_CHECKPOINT if set, else the shipped Lite ternary model of a repository checkout."""
-    env = os.environ.get("TILELLI_CHECKPOINT")
-    path = Path(env) if env else SHIPPED_DIR / DEFAULT_MODEL
+def default_checkpoint(model: str = DEFAULT_MODEL, variable: str = "TILELLI_CHECKPOINT") -> Path:
+    """$`variable` if set, else the shipped checkpoint `model` of a repository checkout."""
+    env = os.environ.get(variable)
+    path = Path(env) if env else SHIPPED_DIR / model
     if not env and not (path / CONFIG_FILE).is_file():
         raise TilelliError(f"no --checkpoint given and the shipped model is not at {path} (it comes with a clone "
                            "of the repository, installed with pip install -e .); pass --checkpoint DIR")

@@ -8,7 +8,9 @@ A *masked* source (written by `tilelli prepare-chat`) adds, beside `NAME.bin`, `
 (one uint8 per byte: 1 where that byte is a training target) and `NAME.starts.npy` (the offsets
 where a window may start). Targets outside the mask become -1, which the loss ignores, and
 windows start only at those offsets: supervised fine-tuning is the same trainer on another
-source, with the loss on the reply bytes and every window starting at a turn. The files are read through a memory map, indexed per window and mapped
+source, with the loss on the reply bytes and every window starting at a turn.
+
+The files are read through a memory map, indexed per window and mapped
 afresh for every batch, so a multi-GB bin costs only the pages one batch touches, never the
 whole file in RAM.
 """

@@ -33,7 +33,8 @@ def window_losses(model: torch.nn.Module, path: str | Path, batch_size: int, seq
     """Summed cross-entropy (nats) and byte count of every evaluation window of `path`.
 
     Windows are deterministic and non-overlapping (`eval_windows`), each starting without
-    context. On a masked source only the targets inside the mask count. Per-window sums are what a bootstrap resamples. Runs in eval mode (the model as
+    context. On a masked source only the targets inside the mask count. Per-window sums are what
+    a bootstrap resamples. Runs in eval mode (the model as
     it is used: parent blocks skip low-weight pathways) and restores the previous mode.
     """
     was_training = model.training
