@@ -4,10 +4,11 @@ What the model is taught (all from `shared/data/`, permissive licences only; see
 - **stories on request**, from the TinyStories train slices: "Tell me a story about a girl
   named Lily" (the topic read off the story), "... with the words X, Y and Z", and "What happens
   next? <the opening>" -> the rest. These are requests a 10 M story model can really serve.
-- **small talk and simple instructions**: ChatterBot dialogues (not trivia), the Self-Instruct
-  user-oriented set, the Alpaca seed tasks and the identity set. Requests that read like
-  world-fact questions ("who ...", "when ...", "what is the ...") are left out, so they do not
-  teach the model to answer exactly what it should refuse.
+- **small talk and simple instructions**: ChatterBot dialogues (small-talk categories only,
+  `sources.FACTUAL_CATEGORIES` left out), the Self-Instruct user-oriented set, the Alpaca seed
+  tasks and the identity set. Requests that read like world-fact questions ("who ...",
+  "when ...", "what is the ...") are left out, so they do not teach the model to answer exactly
+  what it should refuse; questions about the assistant itself ("Who are you?") stay.
 - **abstention**: world-fact questions (NQ-open, TruthfulQA, ChatterBot trivia) -> `REFUSAL`,
   in varied phrasings (lower case, no question mark, "Can you tell me ...", "Do you know ...").
 
@@ -72,6 +73,7 @@ _NAMED = re.compile(r"\b((?:a|an) (?:[a-z]+ ){0,2}?(?:girl|boy|dog|cat|bird|bunn
                     r"fish|puppy|kitten|man|woman|princess|king|queen|dragon|monkey|elephant|owl|squirrel|pig|horse|"
                     r"cow|sheep|ant|bee|butterfly|turtle|car|truck|robot|tree|ball) named [A-Z][a-z]+)")
 _THERE_WAS = re.compile(r"[Tt]here (?:was|lived) ((?:a|an) (?:[a-z]+ ){0,2}?[a-z]+)\b(?: who| that|\.|,)")
+_ABOUT_YOU = re.compile(r"\b(you|your|yourself)\b", re.IGNORECASE)
 _WORD = re.compile(r"[a-z]{5,}")
 _STOP = frozenset("there their about would could after again before every which while where other little "
                   "happy named said would these those thing things asked shouted smiled looked always".split())
@@ -95,6 +97,11 @@ def phrase(question: str, form: str) -> str:
     q = question.strip().rstrip("?").strip()
     lower = q[:1].lower() + q[1:] if q[:2] != "I " else q
     return form.format(q=lower, Q=q[:1].upper() + q[1:])
+
+
+def fact_like(request: str) -> bool:
+    """A world-fact question ("who ...", "when ...", "what is the ..."), not one about the assistant."""
+    return bool(_FACT_LIKE.match(request.strip())) and not _ABOUT_YOU.search(request)
 
 
 def story_topic(story: str) -> str | None:
@@ -238,8 +245,10 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def build(shared: Path, out: Path, seed: int = 0) -> dict:
-    """Build everything into `out` (see the module doc); returns the meta record it writes."""
+def build(shared: Path, out: Path, seed: int = 0, held_out_facts: int = N_HELD_OUT_FACTS,
+          held_out_requests: int = N_HELD_OUT_REQUESTS, other_each: int = N_OTHER_EACH) -> dict:
+    """Build everything into `out` (see the module doc); returns the meta record it writes.
+    The held-out sizes are parameters only so that tests can use a few kilobytes of data."""
     shared = Path(shared)
     chat, qa, ts = shared / "chat", shared / "qa", shared / "tinystories"
     for d in (chat, qa, ts):
@@ -260,14 +269,14 @@ def build(shared: Path, out: Path, seed: int = 0) -> dict:
                     examples.append(Example(((made[0], made[1]),), "story", path.name))
     n_stories = len(examples)
     for request, answer, src in sources.instructions(chat):
-        if not _FACT_LIKE.match(request) and len((request + answer).encode()) <= MAX_EXAMPLE_BYTES:
+        if not fact_like(request) and len((request + answer).encode()) <= MAX_EXAMPLE_BYTES:
             examples.append(Example(((request, answer),), "instruction", src))
     for turns in sources.chatterbot_dialogues(chat):
-        if sum(len((u + r).encode()) for u, r in turns) <= MAX_EXAMPLE_BYTES and not _FACT_LIKE.match(turns[0][0]):
+        if sum(len((u + r).encode()) for u, r in turns) <= MAX_EXAMPLE_BYTES and not fact_like(turns[0][0]):
             examples.append(Example(tuple(turns), "dialogue", "chatterbot"))
     n_answered = len(examples)
 
-    train_q, held_q, removed = split_facts(sources.facts(qa, chat), N_HELD_OUT_FACTS, rng)
+    train_q, held_q, removed = split_facts(sources.facts(qa, chat), held_out_facts, rng)
     for q, src in train_q:
         for form in rng.sample(FACT_FORMS, 2 if rng.random() < 0.5 else 1):
             examples.append(Example(((phrase(q, form), REFUSAL),), "refusal", src))
@@ -281,16 +290,16 @@ def build(shared: Path, out: Path, seed: int = 0) -> dict:
     valid_stories = sources.tinystories_valid(valid_file)
     held_requests = []
     for story in rng.sample(valid_stories, len(valid_stories)):
-        if len(held_requests) == N_HELD_OUT_REQUESTS:
+        if len(held_requests) == held_out_requests:
             break
         unseen = len(held_requests) % 3 == 0  # a third in templates the model never saw
         made = story_request(story, rng, UNSEEN_REQUEST_FORMS if unseen else train_forms)
         if made:
             held_requests.append({"prompt": made[0], "reference": made[1], "template": made[2],
                                   "seen_template": not unseen})
-    if len(held_requests) < N_HELD_OUT_REQUESTS:
+    if len(held_requests) < held_out_requests:
         raise TilelliError(f"only {len(held_requests)} held-out requests could be built from {valid_file}")
-    other = other_prompts(rng, N_OTHER_EACH, valid_stories)
+    other = other_prompts(rng, other_each, valid_stories)
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval").mkdir(exist_ok=True)

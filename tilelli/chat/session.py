@@ -15,14 +15,15 @@ returns a `Reply` with three numbers a caller can act on:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from tilelli.chat.template import END_BYTE, REFUSAL, USER_BYTE, is_refusal, prompt
-from tilelli.infer.generate import Batch, SamplingConfig, softmax
+from tilelli.infer.generate import Batch, SamplingConfig
+from tilelli.infer.score import continuation_logprobs
 
 REFUSAL_REPLY = REFUSAL.encode("utf-8") + END_BYTE
 
@@ -42,16 +43,19 @@ class Reply:
                 "abstain_probability": self.abstain_probability, "stop_reason": self.stop_reason}
 
 
+def abstain_probabilities(decoder: Any, prompts: Sequence[bytes], batch_size: int = 8) -> list[float]:
+    """P(reply = REFUSAL then END | prompt) for each prompt, by teacher forcing (nan for a
+    prompt too long to leave room for the refusal)."""
+    fits = [i for i, p in enumerate(prompts) if len(p) + len(REFUSAL_REPLY) - 1 <= decoder.max_seq_len]
+    logps = continuation_logprobs(decoder, [prompts[i] for i in fits], [REFUSAL_REPLY] * len(fits), batch_size)
+    out = [float("nan")] * len(prompts)
+    for i, lp in zip(fits, logps, strict=True):
+        out[i] = float(math.exp(lp.sum()))
+    return out
+
+
 def abstain_probability(decoder: Any, prompt_bytes: bytes) -> float:
-    """P(reply = REFUSAL then END | prompt), by one teacher-forced forward pass."""
-    seq = decoder.new_sequence(min(decoder.max_seq_len, len(prompt_bytes) + len(REFUSAL_REPLY)))
-    text = prompt_bytes + REFUSAL_REPLY[:-1]
-    if len(text) > seq.max_len:
-        return float("nan")  # no room to score it (the reply budget is what matters, not this)
-    logits = decoder.forward([seq], [text], all_logits=True)  # (len(text), V)
-    p = softmax(logits[len(prompt_bytes) - 1:])  # predictions of every refusal byte
-    picked = p[np.arange(len(REFUSAL_REPLY)), np.frombuffer(REFUSAL_REPLY, dtype=np.uint8)]
-    return float(math.exp(np.log(np.maximum(picked, 1e-300)).sum()))
+    return abstain_probabilities(decoder, [prompt_bytes])[0]
 
 
 class ChatSession:

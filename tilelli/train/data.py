@@ -101,9 +101,11 @@ class _Source:
                                    "missing); re-run `tilelli prepare-chat`")
             self.starts = np.load(where)
 
-    def windows(self, starts: Sequence[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def windows(self, starts: Sequence[int], length: int, ends: Sequence[int] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gather `length + 1`-byte windows at `starts` into (x, y) int64 tensors, y = x shifted by
-        one, with the targets outside the mask (if any) set to IGNORE."""
+        one, with the targets outside the mask (if any) and at or past `ends[i]` (if given) set
+        to IGNORE."""
         data = self.bytes.view()
         rows = np.stack([data[s : s + length + 1] for s in starts])  # (B, length+1); reads only those pages
         chunk = torch.from_numpy(rows.astype(np.int64))
@@ -112,6 +114,9 @@ class _Source:
             m = self.mask.view()
             keep = torch.from_numpy(np.stack([m[s + 1 : s + length + 1] for s in starts]).astype(bool))
             y[~keep] = IGNORE
+        if ends is not None:
+            room = torch.tensor([e - s for s, e in zip(starts, ends, strict=True)])  # (B,) targets s+1 .. e-1
+            y[torch.arange(length)[None, :] + 1 >= room[:, None]] = IGNORE
         return x, y
 
 
@@ -210,9 +215,10 @@ def eval_windows(
     if any, comes last as its own (1, rest) batch so nothing is dropped. Each window starts with
     empty context, as in training.
 
-    A masked source is cut the same way except that each window starts at the first allowed
-    start at or after the previous window's end (the rest of a turn cut by a window's end is
-    skipped, as it has no context), and only the targets inside the mask count.
+    A masked source is cut into windows of whole turns instead: each starts at a turn and
+    counts the targets (inside the mask) up to the last turn boundary that fits, and the next
+    window starts there; so every reply byte counts exactly once and always with its whole turn
+    as context (a turn longer than a window counts only what fits).
     """
     if batch_size < 1 or seq_len < 1:
         raise TilelliError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
@@ -220,30 +226,37 @@ def eval_windows(
     size = source.bytes.size
     if size < 2:
         raise TilelliError(f"{source.bytes.name} has {size} byte(s); evaluation needs at least 2")
-    full, last = _eval_starts(source.starts, size, seq_len)
+    spans = _eval_spans(source.starts, size, seq_len)
+    full = [(s, e) for s, e in spans if s + seq_len + 1 <= size]
+    last = [(s, e) for s, e in spans if s + seq_len + 1 > size]  # at most one: it reaches the end of the file
+    ends = None if source.starts is None else [e for _, e in full]
     yielded = 0
     for first in range(0, len(full), batch_size):
         if max_batches is not None and yielded >= max_batches:
             return
-        yield source.windows(full[first : first + batch_size], seq_len)
+        rows = full[first : first + batch_size]
+        yield source.windows([s for s, _ in rows], seq_len, ends and ends[first : first + batch_size])
         yielded += 1
-    if last is not None and (max_batches is None or yielded < max_batches):
-        yield source.windows([last], size - 1 - last)
+    if last and (max_batches is None or yielded < max_batches):
+        s, e = last[0]
+        yield source.windows([s], size - 1 - s, None if ends is None else [e])
 
 
-def _eval_starts(allowed: np.ndarray | None, size: int, seq_len: int) -> tuple[list[int], int | None]:
-    """Starts of the whole evaluation windows, and of the shorter last one (None when none)."""
+def _eval_spans(allowed: np.ndarray | None, size: int, seq_len: int) -> list[tuple[int, int]]:
+    """(start, end) of every evaluation window: its targets are the bytes start+1 .. end-1."""
     if allowed is None:
-        n_full = (size - 1) // seq_len
-        rest = size - 1 - n_full * seq_len
-        return [i * seq_len for i in range(n_full)], (n_full * seq_len if rest else None)
-    full, at = [], 0
-    while True:
-        i = int(np.searchsorted(allowed, at))
-        if i == len(allowed) or allowed[i] >= size - 1:
-            return full, None
-        start = int(allowed[i])
-        if start + seq_len + 1 > size:
-            return full, start
-        full.append(start)
-        at = start + seq_len
+        return [(s, min(s + seq_len, size - 1) + 1) for s in range(0, size - 1, seq_len)]
+    spans, i = [], 0
+    while i < len(allowed) and allowed[i] < size - 1:
+        start, limit = int(allowed[i]), int(allowed[i]) + seq_len
+        j = int(np.searchsorted(allowed, limit, side="right")) - 1  # the last turn start that fits
+        if size <= limit + 1:
+            spans.append((start, size))
+            break
+        if j > i:
+            spans.append((start, int(allowed[j])))
+            i = j
+        else:  # one turn longer than a window
+            spans.append((start, limit + 1))
+            i += 1
+    return spans

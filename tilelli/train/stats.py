@@ -1,4 +1,5 @@
-"""Welch's t-test and effect sizes for comparing a few training seeds of two models.
+"""Welch's t-test and effect sizes for comparing a few training seeds of two models, and the
+Wilson interval of a rate (refusals, false refusals).
 
 Why our own: the A/B needs one two-sample test and a t quantile, which does not justify scipy
 as a dependency. The Student t tail comes from the regularized incomplete beta function
@@ -114,3 +115,15 @@ def welch(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Welch:
     z = NormalDist().inv_cdf(0.5 + level / 2)
     return Welch(na, nb, ma, mb, sa, sb, diff, (diff - half, diff + half), t, df, t_two_sided_p(t, df), g,
                  (g - z * g_se, g + z * g_se), level)
+
+
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion k / n: unlike the normal approximation it stays in
+    [0, 1] and is sound at 0 / n and n / n, which refusal rates often are."""
+    if n <= 0:
+        raise ValueError("a proportion needs n >= 1")
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

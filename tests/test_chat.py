@@ -1,0 +1,295 @@
+"""The chat pipeline: turn format, fine-tuning set and its splits, masked training, the session, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tilelli.chat import dataset
+from tilelli.chat.session import REFUSAL_REPLY, ChatSession, abstain_probability
+from tilelli.chat.template import ASSISTANT, END, REFUSAL, USER, encode, is_refusal, prompt, turn
+from tilelli.errors import TilelliError
+from tilelli.infer import load_decoder
+from tilelli.infer.generate import SamplingConfig
+from tilelli.infer.score import continuation_logprobs
+from tilelli.model.checkpoint import save
+from tilelli.model.config import from_name
+from tilelli.model.models import build_model
+from tilelli.train.data import IGNORE, ByteBatches, eval_windows
+from tilelli.train.evaluate import evaluate_bpb
+
+STORY = ("Once upon a time, there was a little girl named {name}. She liked to play in the {place}. "
+         "One day she found a {thing}. She was very happy. {name} took the {thing} home and showed her mom. "
+         "They played with the {thing} all day. The end.")
+NAMES, PLACES, THINGS = ["Lily", "Tom", "Sue", "Ben", "Max", "Mia"], ["park", "garden", "yard"], ["ball", "box", "kite"]
+
+
+def stories(n: int, offset: int = 0) -> list[str]:
+    return [STORY.format(name=NAMES[(i + offset) % 6], place=PLACES[i % 3], thing=THINGS[(i // 3) % 3])
+            for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Path:
+    """A few kilobytes laid out like shared/data/, in every format the readers take."""
+    root = tmp_path_factory.mktemp("shared")
+    ts, qa, chat = root / "tinystories", root / "qa", root / "chat"
+    for d in (ts, qa, chat, chat / "chatterbot_corpus_english"):
+        d.mkdir(parents=True)
+    for name, off in (("TinyStories-train.head2MiB.txt", 0), ("TinyStoriesV2-GPT4-train.head10k-lines.txt", 2)):
+        (ts / name).write_text("\n<|endoftext|>\n".join(stories(20, off)) + "\n<|endoftext|>\n")
+    (ts / "TinyStories-valid.head800KB.no-story-delims.txt").write_text("\n\n".join(stories(30, 1)))
+    topics = ["river", "mountain", "king", "war", "planet", "song", "film", "city", "team", "book"]
+    qs = [f"who was the first {t} number {i}" for t in topics for i in range(8)]
+    (qa / "NQ-open.dev.jsonl").write_text("".join(json.dumps({"question": q, "answer": ["x"]}) + "\n" for q in qs[:40]))
+    (qa / "NQ-open.efficientqa.dev.1.1.jsonl").write_text(
+        "".join(json.dumps({"question": q, "answer": ["x"]}) + "\n" for q in qs[40:] + qs[:2]))  # 2 duplicates
+    with open(qa / "TruthfulQA.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Type", "Category", "Question", "Best Answer"])
+        w.writerows([["Adversarial", "Misc", f"What happens if you eat {t} seeds?", "x"] for t in topics])
+    tasks = [("Make this shorter.", "a long text", "short"), ("Who is the president?", "", "x")]
+    (chat / "self_instruct_user_oriented_instructions.jsonl").write_text("".join(
+        json.dumps({"instruction": i, "instances": [{"input": x, "output": o}]}) + "\n" for i, x, o in tasks))
+    (chat / "alpaca_seed_tasks.jsonl").write_text(
+        json.dumps({"instruction": "Say hello.", "instances": [{"input": "", "output": "Hello!"}]}) + "\n")
+    (chat / "llamafactory_identity.json").write_text(json.dumps(
+        [{"instruction": "Who are you?", "input": "", "output": "I am {{name}}, made by {{author}}."}]))
+    cb = chat / "chatterbot_corpus_english"
+    (cb / "greetings.yml").write_text("categories:\n- greetings\nconversations:\n- - Hello\n  - Hi\n  - How are you?\n"
+                                      "  - Fine, thanks.\n")
+    (cb / "trivia.yml").write_text("categories:\n- trivia\nconversations:\n- - What is the tallest mountain?\n"
+                                   "  - Everest\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def chat_set(shared, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("chatset")
+    dataset.build(shared, out, held_out_facts=20, held_out_requests=12, other_each=4)
+    return out
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# --- the turn format -----------------------------------------------------------------------------
+
+def test_encode_masks_exactly_the_reply_and_end_bytes():
+    data, mask = encode([("hi", "yo"), ("a", "b")])
+    assert data == bytes([USER]) + b"hi" + bytes([ASSISTANT]) + b"yo" + bytes([END, USER]) + b"a" + bytes(
+        [ASSISTANT]) + b"b" + bytes([END])
+    assert [data[i] for i in range(len(data)) if mask[i]] == list(b"yo") + [END] + list(b"b") + [END]
+
+
+def test_control_bytes_never_occur_in_utf8_text():
+    text = "héllo ünïcode ✓ 🐈 日本".encode()
+    assert not {USER, ASSISTANT, END} & set(text)
+    for b in (USER, ASSISTANT, END):
+        with pytest.raises(UnicodeDecodeError):
+            bytes([b]).decode("utf-8")
+
+
+def test_prompt_drops_the_oldest_turns_to_fit():
+    history = [(f"question {i}", "x" * 100) for i in range(10)]
+    p, dropped = prompt(history, "last", max_len=400, room=100)
+    assert len(p) + 100 <= 400 and dropped > 0
+    assert p.startswith(bytes([USER])) and p.endswith(turn("last"))
+    assert p.count(bytes([USER])) == 10 - dropped + 1
+    assert prompt([], "short", 400, 100) == (turn("short"), 0)
+    with pytest.raises(TilelliError, match="does not fit"):
+        prompt([], "y" * 400, 400, 100)
+
+
+def test_is_refusal():
+    assert is_refusal(REFUSAL) and is_refusal("  " + REFUSAL[:25])
+    assert not is_refusal("Once upon a time") and not is_refusal("")
+
+
+# --- the fine-tuning set -------------------------------------------------------------------------
+
+def test_fact_split_is_by_question_without_near_duplicates(chat_set):
+    held = rows(chat_set / "eval" / "facts.jsonl")
+    assert len(held) == 20
+    train = open(chat_set / "train.bin", "rb").read().split(bytes([USER]))
+    refused = [t.split(bytes([ASSISTANT]))[0].decode() for t in train if REFUSAL.encode() in t]
+    train_keys = {dataset.normalise(q) for q in refused}
+    for f in held:
+        key = set(dataset.normalise(f["question"]).split())
+        for t in train_keys:  # no training phrasing holds (nearly) the same words as a held-out question
+            words = set(t.split())
+            assert len(key & words) / len(key | words) < dataset.NEAR_DUPLICATE or not key <= words
+    assert {dataset.normalise(f["question"]) for f in held}.isdisjoint(
+        {dataset.normalise(dataset.phrase(q, "{q}")) for q in refused})
+
+
+def test_held_out_requests_come_from_the_valid_slice(chat_set, shared):
+    valid = (shared / "tinystories" / "TinyStories-valid.head800KB.no-story-delims.txt").read_text()
+    reqs = rows(chat_set / "eval" / "requests.jsonl")
+    assert len(reqs) == 12 and all(r["reference"] in valid for r in reqs)
+    assert {r["seen_template"] for r in reqs} == {True, False}
+
+
+def test_fact_like_instructions_are_not_taught_as_answers(chat_set):
+    train = open(chat_set / "train.bin", "rb").read()
+    assert b"Make this shorter." in train and b"Who is the president?" not in train
+    assert b"I am Tilelli" in train and b"{{name}}" not in train
+
+
+def test_build_is_deterministic(shared, chat_set, tmp_path):
+    dataset.build(shared, tmp_path, held_out_facts=20, held_out_requests=12, other_each=4)
+    for name in ("train.bin", "train.mask.bin", "valid.bin", "eval/facts.jsonl", "eval/other.jsonl"):
+        assert (tmp_path / name).read_bytes() == (chat_set / name).read_bytes()
+
+
+def test_other_prompts_cover_every_kind(chat_set):
+    kinds = [r["kind"] for r in rows(chat_set / "eval" / "other.jsonl")]
+    assert {k: kinds.count(k) for k in set(kinds)} == {"gibberish": 4, "language": 4, "code": 4, "arithmetic": 4}
+
+
+def test_missing_shared_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(TilelliError, match="shared/data"):
+        dataset.build(tmp_path / "nope", tmp_path / "out")
+
+
+# --- masked training ------------------------------------------------------------------------------
+
+def test_masked_windows_start_at_turns_and_ignore_non_reply_targets(chat_set):
+    data = np.fromfile(chat_set / "train.bin", dtype=np.uint8)
+    mask = np.fromfile(chat_set / "train.mask.bin", dtype=np.uint8)
+    b = ByteBatches(chat_set / "train.bin", batch_size=8, seq_len=64, seed=0)
+    x, y = b.next_batch()
+    assert (x[:, 0] == USER).all()
+    for row_x, row_y in zip(x, y, strict=True):
+        start = int(np.flatnonzero((np.lib.stride_tricks.sliding_window_view(data, 64) == row_x.numpy()).all(1))[0])
+        keep = mask[start + 1 : start + 65].astype(bool)
+        assert (row_y[~torch.from_numpy(keep)] == IGNORE).all()
+        assert (row_y[torch.from_numpy(keep)] == torch.from_numpy(data[start + 1 : start + 65][keep]).long()).all()
+
+
+@pytest.mark.parametrize("seq_len", [512, 1024, 4096])
+def test_masked_eval_counts_every_reply_byte_once_with_its_whole_turn(chat_set, seq_len):
+    data = np.fromfile(chat_set / "valid.bin", dtype=np.uint8)
+    mask = np.fromfile(chat_set / "valid.mask.bin", dtype=np.uint8)
+    counted = 0
+    for x, y in eval_windows(chat_set / "valid.bin", 4, seq_len):
+        assert (x[:, 0] == USER).all()  # every window starts at a turn
+        counted += int((y != IGNORE).sum())
+    assert counted == mask.sum()  # every turn here is shorter than a window
+    assert sum(int((y != IGNORE).sum()) for _, y in eval_windows(data, 4, 128)) == len(data) - 1  # unmasked: all
+
+
+def test_masked_loss_is_the_mean_over_reply_bytes(chat_set):
+    torch.manual_seed(0)
+    model = build_model(from_name("tilelli-lite-fp32", d_model=32, n_layers=1, n_heads=2, max_seq_len=128))
+    ev = evaluate_bpb(model, chat_set / "valid.bin", 4, 128)
+    total, n = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for x, y in eval_windows(chat_set / "valid.bin", 4, 128):
+            logp = torch.log_softmax(model(x).logits, -1)
+            keep = y != IGNORE
+            total -= logp.gather(-1, y.clamp(min=0)[..., None])[..., 0][keep].sum().item()
+            n += int(keep.sum())
+    assert ev.bytes == n and ev.loss == pytest.approx(total / n, rel=1e-5)
+
+
+def test_train_fine_tunes_on_a_chat_set(chat_set, tmp_path):
+    base = tmp_path / "base"
+    torch.manual_seed(0)
+    save(build_model(from_name("tilelli-lite-fp32", d_model=32, n_layers=1, n_heads=2, max_seq_len=128)), base)
+    cmd = [sys.executable, "-m", "tilelli", "train", "--model", "tilelli-lite-fp32", "--override", "d_model=32",
+           "--override", "n_layers=1", "--override", "n_heads=2", "--override", "max_seq_len=128",
+           "--data", str(chat_set), "--out", str(tmp_path / "run"), "--steps", "3", "--batch-size", "2",
+           "--seq-len", "128", "--eval-every", "3", "--threads", "1", "--init-from", str(base)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    valid = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if "valid_bpb" in line]
+    assert valid and math.isfinite(valid[-1]["valid_bpb"])
+
+
+# --- the session and the CLI ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny") / "tiny-chat"
+    save(build_model(from_name("tilelli-lite-fp32", d_model=32, n_layers=1, n_heads=2, max_seq_len=256)), path)
+    return path
+
+
+@pytest.mark.parametrize("engine", ["native", "torch"])
+def test_abstain_probability_is_the_teacher_forced_refusal(tiny_ckpt, engine):
+    decoder = load_decoder(tiny_ckpt, engine="auto" if engine == "native" else "torch")
+    from tilelli.model.checkpoint import load
+
+    model = load(tiny_ckpt).eval()
+    p = turn("What is the capital of Peru?")
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([list(p + REFUSAL_REPLY[:-1])])).logits[0].double(), -1)
+    want = logp[len(p) - 1 :].gather(-1, torch.tensor(list(REFUSAL_REPLY))[:, None]).sum().exp().item()
+    assert abstain_probability(decoder, p) == pytest.approx(want, rel=1e-3, abs=1e-300)
+
+
+def test_continuation_logprobs_match_between_engines(tiny_ckpt):
+    ctx, cont = [b"Once upon", b"a"], [b" a time", b"bcdef"]
+    a = continuation_logprobs(load_decoder(tiny_ckpt), ctx, cont)
+    b = continuation_logprobs(load_decoder(tiny_ckpt, engine="torch"), ctx, cont)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-3)
+
+
+def test_session_keeps_history_and_reports_its_numbers(tiny_ckpt):
+    s = ChatSession(load_decoder(tiny_ckpt), SamplingConfig(max_new_tokens=20, temperature=0))
+    got = bytearray()
+    r = s.reply("hello", on_bytes=got.extend)
+    assert r.text == got.decode("utf-8", "replace") and len(r.probs) == len(got)
+    assert r.stop_reason in ("stop", "max_new_tokens") and 0 <= r.abstain_probability <= 1
+    assert s.history == [("hello", r.text)]
+    assert set(r.to_dict()) == {"reply", "abstained", "confidence", "abstain_probability", "stop_reason"}
+    for _ in range(12):  # 12 turns of ~30 bytes outgrow a 256-byte context: the oldest are dropped
+        r = s.reply("tell me more")
+    assert r.dropped_turns > 0 or len(s.history) < 13
+    s.reset()
+    assert s.history == []
+
+
+def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tilelli", *args], capture_output=True, text=True,
+                          input=stdin, timeout=120)
+
+
+def test_chat_prompt_json(tiny_ckpt):
+    done = run_cli("chat", "--checkpoint", str(tiny_ckpt), "--prompt", "hi", "--json", "--max-new-tokens", "16",
+                   "--temperature", "0")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert set(out) == {"reply", "abstained", "confidence", "abstain_probability", "stop_reason"}
+    assert isinstance(out["abstained"], bool) and out["stop_reason"] in ("stop", "max_new_tokens")
+
+
+def test_chat_interactive_reset_and_eof(tiny_ckpt):
+    done = run_cli("chat", "--checkpoint", str(tiny_ckpt), "--max-new-tokens", "8", stdin="hello\n/reset\n/what\n")
+    assert done.returncode == 0, done.stderr
+    assert "conversation forgotten" in done.stderr and "unknown command /what" in done.stderr
+    assert done.stdout.count("tilelli> ") == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--json"], "--json needs --prompt"),
+    (["--prompt", "  "], "empty"),
+    (["--checkpoint", "/no/such/dir", "--prompt", "hi"], "no checkpoint at"),
+])
+def test_chat_bad_input_is_one_line_exit_2(args, message):
+    done = run_cli("chat", *args)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
