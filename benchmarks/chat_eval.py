@@ -34,6 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from samples import readme_with  # noqa: E402
+
 from tilelli.chat.dataset import build
 from tilelli.chat.session import ChatSession, abstain_probabilities
 from tilelli.chat.template import END_BYTE, USER_BYTE, is_refusal, turn
@@ -46,6 +49,8 @@ from tilelli.train.stats import wilson_interval
 from tilelli.train.trainer import cpu_name
 
 RESULTS = Path(__file__).parent / "results"
+README = Path(__file__).resolve().parents[1] / "README.md"
+MARKERS = ("<!-- chat:start (benchmarks/chat_eval.py writes this block) -->", "<!-- chat:end -->")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SHIPPED = {"tilelli-chat-lite-ternary": "tilelli-lite-ternary", "tilelli-chat-lite-fp32": "tilelli-lite-fp32",
            "tilelli-chat-vanilla-fp32": "vanilla-fp32"}
@@ -54,6 +59,12 @@ SAMPLE_PROMPTS = ("Tell me a story about a cat.", "What is the capital of Peru?"
                   "Can you tell me a story about a brave little dog?", "who wrote war and peace",
                   "Hi, how are you?", "What is 12 + 30?")
 SAMPLING = SamplingConfig(max_new_tokens=400, temperature=0.7, top_p=0.9, seed=0)
+
+
+def shown(path: Path) -> str:
+    """A path relative to the repository when it is inside it (so that chat.json is portable)."""
+    root = Path(__file__).resolve().parents[1]
+    return str(path.resolve().relative_to(root)) if path.resolve().is_relative_to(root) else str(path)
 
 
 def rate(flags: list[bool]) -> dict:
@@ -110,7 +121,7 @@ def measure(name: str, chat_dir: Path, base_dir: Path, data: Path, threads: int,
         samples.append({"prompt": prompt, "reply": reply.text, "abstained": reply.abstained,
                         "abstain_probability": reply.abstain_probability, "confidence": reply.confidence})
     return {
-        "name": name, "checkpoint": str(chat_dir), "base": str(base_dir), "config": cfg["model"]["arch"],
+        "name": name, "checkpoint": shown(chat_dir), "base": shown(base_dir), "config": cfg["model"]["arch"],
         "weights": "packed trits" if cfg["packed"] else cfg["weights_dtype"],
         "ternary": bool(cfg["model"]["ternary"]["quantize"]), "step": cfg.get("step"),
         "facts_refused": {"all": rate(fact_refused), "seen_form": rate(seen(facts, fact_refused, "seen_form", True)),
@@ -172,6 +183,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS, help="where chat.json / chat.md go")
     ap.add_argument("--limit", type=int, default=0,
                     help="only N prompts of each set, spread over it: a quick look, never for publishing")
+    ap.add_argument("--readme", action="store_true", help="also rewrite the README's chat block")
     args = ap.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"error: {SHARED} is missing; this benchmark needs ../shared/data")
@@ -190,8 +202,11 @@ def main() -> None:
                        "held_out": meta["held_out"]}, "models": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "chat.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "chat.md").write_text(markdown(result) + "\n" + samples_markdown(result))
-    print(markdown(result))
+    block = markdown(result) + "\n" + samples_markdown(result)
+    (args.out / "chat.md").write_text(block)
+    if args.readme:
+        README.write_text(readme_with(block, README.read_text(), MARKERS))
+    print(block)
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def readme_with(block: str, readme: str) -> str:
-    start, end = readme.index(MARKERS[0]) + len(MARKERS[0]), readme.index(MARKERS[1])
+def readme_with(block: str, readme: str, markers: tuple[str, str] = MARKERS) -> str:
+    """`readme` with the text between the two marker lines replaced by `block`."""
+    start, end = readme.index(markers[0]) + len(markers[0]), readme.index(markers[1])
     return readme[:start] + "\n" + block + readme[end:]
 
 

@@ -48,25 +48,36 @@ def commands(runs: Path, data: Path) -> dict[str, list[str]]:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs-dir", type=Path, required=True)
-    ap.add_argument("--data", type=Path, required=True, help="the `tilelli prepare` dir the runs trained on")
-    ap.add_argument("--only", default="", help="export only this shipped name")
-    ap.add_argument("--dry-run", action="store_true")
-    args = ap.parse_args()
+def export_all(exports: dict[str, list[str]], only: str = "", dry_run: bool = False) -> None:
+    """Run `tilelli export ARGS --out checkpoints/NAME` for each NAME (or just `only`),
+    replacing what was shipped under that name."""
     exe = shutil.which("tilelli", path=str(Path(sys.executable).parent)) or "tilelli"
-    for name, extra in commands(args.runs_dir, args.data).items():
-        if args.only and args.only != name:
+    for name, extra in exports.items():
+        if only and only != name:
             continue
-        if name == "tilelli-lite-ternary" and "None" in extra[1]:
-            sys.exit("error: no QAT run has finished yet")
         out = ROOT / "checkpoints" / name
         cmd = [exe, "export", *extra, "--out", str(out), "--threads", "1"]
         print(" ".join(cmd), flush=True)
-        if not args.dry_run:
+        if not dry_run:
             shutil.rmtree(out, ignore_errors=True)
             subprocess.run(cmd, check=True)
+
+
+def arguments(description: str) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--runs-dir", type=Path, required=True)
+    ap.add_argument("--data", type=Path, required=True, help="the prepared data dir the runs trained on")
+    ap.add_argument("--only", default="", help="export only this shipped name")
+    ap.add_argument("--dry-run", action="store_true")
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = arguments(__doc__.splitlines()[0])
+    exports = commands(args.runs_dir, args.data)
+    if "None" in exports["tilelli-lite-ternary"][1] and args.only in ("", "tilelli-lite-ternary"):
+        sys.exit("error: no QAT run has finished yet")
+    export_all(exports, args.only, args.dry_run)
 
 
 if __name__ == "__main__":

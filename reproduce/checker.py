@@ -13,10 +13,15 @@ class Checker:
     def __init__(self) -> None:
         self.failures: list[str] = []
 
-    def check(self, what: str, published: Any, measured: Any, tolerance: float | None = None) -> bool:
-        """Exact comparison when `tolerance` is None, else relative: |measured - published| <= tol * |published|."""
+    def check(self, what: str, published: Any, measured: Any, tolerance: float | None = None,
+              absolute: bool = False) -> bool:
+        """Exact comparison when `tolerance` is None, else relative: |measured - published| <= tol * |published|,
+        or with `absolute`, |measured - published| <= tol (for rates near 0, where relative is meaningless)."""
         if tolerance is None:
             ok, tol = measured == published, "exact"
+        elif absolute:
+            ok = measured is not None and abs(measured - published) <= tolerance
+            tol = f"±{tolerance:g}"
         else:
             ok = measured is not None and abs(measured - published) <= tolerance * abs(published)
             tol = f"±{tolerance:.0%}"
