@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from tilelli.model.checkpoint import SHIPPED_DIR, load, read_config
+from tilelli.model.checkpoint import load, read_config
+from tilelli.model.checkpoint_files import shipped_base_checkpoints
 from tilelli.train.evaluate import bootstrap_ci, window_losses
 from tilelli.train.prepare import prepare
 
@@ -91,7 +92,7 @@ def ternary_ratios(rows: list[dict]) -> dict[str, float]:
 
 
 def shipped() -> list[Path]:
-    return sorted(p for p in SHIPPED_DIR.iterdir() if (p / "config.json").is_file())
+    return shipped_base_checkpoints()  # the chat models have their own benchmark (chat_eval.py)
 
 
 def table(rows: list[dict]) -> str:

@@ -18,7 +18,7 @@ import torch
 
 from tilelli.infer import load_decoder
 from tilelli.infer.generate import SamplingConfig, generate
-from tilelli.model.checkpoint import SHIPPED_DIR
+from tilelli.model.checkpoint_files import shipped_base_checkpoints
 
 RESULTS = Path(__file__).parent / "results"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -29,7 +29,7 @@ SETTINGS = {"max_new_tokens": 200, "temperature": 0.8, "top_p": 0.95, "seed": 0}
 
 def samples() -> list[dict]:
     out = []
-    for ckpt in sorted(p for p in SHIPPED_DIR.iterdir() if (p / "config.json").is_file()):
+    for ckpt in shipped_base_checkpoints():  # the chat models' samples come from chat_eval.py
         model = load_decoder(ckpt, threads=2)  # what `tilelli generate` runs: the native engine
         for prompt in PROMPTS:
             text, probs, _ = generate(model, prompt.encode(), SamplingConfig(**SETTINGS))

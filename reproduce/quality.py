@@ -20,7 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from checker import Checker  # noqa: E402
-from quality import RESULTS, SHIPPED_DIR, measure, prepared_data, ternary_ratios  # noqa: E402
+from quality import RESULTS, measure, prepared_data, ternary_ratios  # noqa: E402
+
+from tilelli.model.checkpoint_files import SHIPPED_DIR  # noqa: E402
 
 BPB_TOLERANCE, CI_TOLERANCE, RATIO_TOLERANCE = 0.002, 0.01, 0.004
 EXACT = ("weights_sha256", "config", "params", "weights", "bits_per_weight", "checkpoint_kb", "step", "tokens",

@@ -21,6 +21,7 @@ WEIGHTS_FILE = "model.safetensors"
 # checkpoints that ship with the repository; `tilelli generate` without --checkpoint uses DEFAULT_MODEL
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
 DEFAULT_MODEL = "tilelli-lite-ternary"
+CHAT_PREFIX = "tilelli-chat-"  # shipped chat models: tilelli-chat-<base>
 DEFAULT_CHAT_MODEL = "tilelli-chat-lite-ternary"  # `tilelli chat` and `tilelli serve` without --checkpoint
 
 
@@ -66,6 +67,14 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         raise TilelliError(f"{cfg_path} lacks a 'model' config object or a boolean 'packed' flag; "
                            "the checkpoint is damaged, re-save it")
     return cfg
+
+
+def shipped_base_checkpoints() -> list[Path]:
+    """The shipped language models (not the chat models fine-tuned from them), sorted by name."""
+    if not SHIPPED_DIR.is_dir():
+        return []
+    return sorted(p for p in SHIPPED_DIR.iterdir()
+                  if (p / CONFIG_FILE).is_file() and not p.name.startswith(CHAT_PREFIX))
 
 
 def default_checkpoint(model: str = DEFAULT_MODEL, variable: str = "TILELLI_CHECKPOINT") -> Path:
