@@ -67,8 +67,9 @@ def main() -> None:
         return run.name
 
     def lane_ternary() -> list[str]:
-        while not args.dry_run and final_valid_bpb(qat_dir) is None:
-            time.sleep(30)
+        source = Path(runs["ternary"].init_from)
+        while not args.dry_run and (final_valid_bpb(qat_dir) is None or not source.is_dir()):
+            time.sleep(30)  # (a mid-run validation also makes the last valid step the last step)
         return [go(runs["ternary"])]
 
     with ThreadPoolExecutor(2) as pool:

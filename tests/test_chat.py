@@ -183,6 +183,7 @@ def test_masked_eval_counts_every_reply_byte_once_with_its_whole_turn(chat_set, 
     counted = 0
     for x, y in eval_windows(chat_set / "valid.bin", 4, seq_len):
         assert (x[:, 0] == USER).all()  # every window starts at a turn
+        assert (x >= 0).all()  # masking the targets never touches the inputs (one-row windows too)
         counted += int((y != IGNORE).sum())
     assert counted == mask.sum()  # every turn here is shorter than a window
     assert sum(int((y != IGNORE).sum()) for _, y in eval_windows(data, 4, 128)) == len(data) - 1  # unmasked: all

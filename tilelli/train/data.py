@@ -109,7 +109,9 @@ class _Source:
         data = self.bytes.view()
         rows = np.stack([data[s : s + length + 1] for s in starts])  # (B, length+1); reads only those pages
         chunk = torch.from_numpy(rows.astype(np.int64))
-        x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()  # (B, length), (B, length)
+        # clones, not views: for one row `contiguous()` would return views of one buffer, and
+        # masking y below would then write -1 into x
+        x, y = chunk[:, :-1].clone(), chunk[:, 1:].clone()  # (B, length), (B, length)
         if self.mask is not None:
             m = self.mask.view()
             keep = torch.from_numpy(np.stack([m[s + 1 : s + length + 1] for s in starts]).astype(bool))
