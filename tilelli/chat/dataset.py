@@ -263,7 +263,8 @@ def build(shared: Path, out: Path, seed: int = 0, held_out_facts: int = N_HELD_O
     examples: list[Example] = []
     for path in train_files:
         for story in sources.tinystories(path):
-            for _ in range(2 if rng.random() < 0.5 else 1):
+            for _ in range(2):  # two requests per story: with one phrasing per question below, 38 % of
+                # turns are refusals (56 % with 1.5 and 1.5 made the model refuse 15 % of story requests)
                 made = story_request(story, rng, train_forms)
                 if made:
                     examples.append(Example(((made[0], made[1]),), "story", path.name))
@@ -278,8 +279,7 @@ def build(shared: Path, out: Path, seed: int = 0, held_out_facts: int = N_HELD_O
 
     train_q, held_q, removed = split_facts(sources.facts(qa, chat), held_out_facts, rng)
     for q, src in train_q:
-        for form in rng.sample(FACT_FORMS, 2 if rng.random() < 0.5 else 1):
-            examples.append(Example(((phrase(q, form), REFUSAL),), "refusal", src))
+        examples.append(Example(((phrase(q, rng.choice(FACT_FORMS)), REFUSAL),), "refusal", src))
     rng.shuffle(examples)
 
     held_facts = []
