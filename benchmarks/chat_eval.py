@@ -69,6 +69,8 @@ def shown(path: Path) -> str:
 
 def rate(flags: list[bool]) -> dict:
     k, n = int(sum(flags)), len(flags)
+    if n == 0:  # only with --limit
+        return {"rate": float("nan"), "ci": [float("nan")] * 2, "k": 0, "n": 0}
     lo, hi = wilson_interval(k, n)
     return {"rate": k / n, "ci": [lo, hi], "k": k, "n": n}
 

@@ -62,11 +62,19 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=200, help="full-context windows per model (default 200)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--only", action="append", default=[],
+                    help="re-measure only this model (repeatable); the others' rows are kept from context.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = np.frombuffer(VALID.read_bytes(), dtype=np.uint8)
     result = {"windows": args.windows, "data": str(VALID.name), "models": {}}
+    if args.only:
+        result = json.loads((args.out / "context.json").read_text())
+        if result["windows"] != args.windows:
+            raise SystemExit(f"error: context.json has {result['windows']} windows per model; use --windows the same")
     for name in MODELS:
+        if args.only and name not in args.only:
+            continue
         ckpt = SHIPPED_DIR / name
         seq_len = read_config(ckpt)["model"]["max_seq_len"]
         nll = position_losses(load(ckpt), data, seq_len, args.windows)
