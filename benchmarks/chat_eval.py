@@ -186,6 +186,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0,
                     help="only N prompts of each set, spread over it: a quick look, never for publishing")
     ap.add_argument("--readme", action="store_true", help="also rewrite the README's chat block")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the rows of chat.json for the models not measured now (measure one model at a time)")
     args = ap.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"error: {SHARED} is missing; this benchmark needs ../shared/data")
@@ -199,6 +201,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         meta = build(SHARED, Path(tmp) / "chat")
         rows = [measure(n, c, b, Path(tmp) / "chat", args.threads, args.limit) for n, c, b in models]
+    if args.keep and (args.out / "chat.json").is_file():
+        kept = json.loads((args.out / "chat.json").read_text())
+        if kept["data"]["train_sha256"] != meta["train"]["sha256"] or kept.get("limit") != args.limit:
+            sys.exit("error: --keep: chat.json was measured on another chat set or --limit; measure every model")
+        new = {r["name"]: r for r in rows}
+        rows = [new.pop(r["name"], r) for r in kept["models"]] + list(new.values())
     result = {"machine": f"{cpu_name()}, {os.cpu_count()} CPUs", "limit": args.limit,
               "data": {"train_sha256": meta["train"]["sha256"], "valid_sha256": meta["valid"]["sha256"],
                        "held_out": meta["held_out"]}, "models": rows}
