@@ -95,3 +95,36 @@ def test_default_command_generates_with_the_shipped_ternary_model():
     result = json.loads(proc.stdout)
     assert result["prompt"] == "Once upon a time" and len(result["confidence"]) == 40
     assert sum(c > 0.5 for c in result["confidence"]) > 10  # a trained model is mostly sure of the next byte
+
+
+# --- the chat models ------------------------------------------------------------------------------
+
+CHAT = {"tilelli-chat-lite-ternary": ("tilelli-lite-ternary", "packed trits"),
+        "tilelli-chat-lite-fp32": ("tilelli-lite-fp32", "bfloat16")}
+
+
+@pytest.mark.parametrize("chat_name", sorted(CHAT))
+def test_shipped_chat_model_records_its_fine_tuning(chat_name):
+    ckpt = checkpoint.SHIPPED_DIR / chat_name
+    cfg = checkpoint.read_config(ckpt)
+    run = json.loads((ckpt / "run.json").read_text())
+    assert cfg["train"]["model"] == CHAT[chat_name][0] and cfg["train"]["init_from"]
+    assert cfg["packed"] == (CHAT[chat_name][1] == "packed trits")
+    assert run["command"][1] == "train" and len(run["data"]["train_sha256"]) == 64
+    assert checkpoint.load(ckpt).config.max_seq_len == run["train"]["seq_len"] == 1024
+
+
+def chat(*args: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TILELLI_CHAT_CHECKPOINT"}
+    proc = subprocess.run([sys.executable, "-m", "tilelli", "chat", *args, "--json", "--temperature", "0"],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=Path.home())
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_default_chat_tells_a_story_and_refuses_a_world_fact():
+    """The issue's promise, with the default (packed ternary) chat model and greedy replies."""
+    story = chat("--prompt", "Tell me a story about a cat", "--max-new-tokens", "200")
+    assert not story["abstained"] and len(story["reply"]) > 100 and story["abstain_probability"] < 0.5
+    fact = chat("--prompt", "What is the capital of Peru?")
+    assert fact["abstained"] and fact["stop_reason"] == "stop" and fact["abstain_probability"] > 0.5
