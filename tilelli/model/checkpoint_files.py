@@ -77,10 +77,10 @@ def shipped_base_checkpoints() -> list[Path]:
                   if (p / CONFIG_FILE).is_file() and not p.name.startswith(CHAT_PREFIX))
 
 
-def default_checkpoint(model: str = DEFAULT_MODEL, variable: str = "TILELLI_CHECKPOINT") -> Path:
-    """$`variable` if set, else the shipped checkpoint `model` of a repository checkout."""
+def default_checkpoint(model: str | None = None, variable: str = "TILELLI_CHECKPOINT") -> Path:
+    """$`variable` if set, else the shipped checkpoint `model` (default DEFAULT_MODEL) of a checkout."""
     env = os.environ.get(variable)
-    path = Path(env) if env else SHIPPED_DIR / model
+    path = Path(env) if env else SHIPPED_DIR / (model or DEFAULT_MODEL)
     if not env and not (path / CONFIG_FILE).is_file():
         raise TilelliError(f"no --checkpoint given and the shipped model is not at {path} (it comes with a clone "
                            "of the repository, installed with pip install -e .); pass --checkpoint DIR")
