@@ -50,6 +50,7 @@ MARKERS = ("<!-- probe:start (benchmarks/probe.py writes this block) -->", "<!--
 SHARED = ROOT.parent / "shared" / "data"
 SHIPPED = ("tilelli-lite-fp32", "tilelli-lite-ternary", "vanilla-fp32", f"{CHAT_PREFIX}lite-fp32",
            f"{CHAT_PREFIX}lite-ternary", f"{CHAT_PREFIX}vanilla-fp32")
+N3_DETECTORS = (MAIN, "signals")
 ROC_SIGNALS = ("max_softmax", "entropy", "prompt_bpb", "router_entropy", "abstain_probability")
 # what the original system reported (issue 13), next to which our numbers are printed
 ORIGINAL = {"max_softmax_all": 0.54, "max_softmax_gibberish": 0.93, "router_wins": "0 of 7",
@@ -77,12 +78,14 @@ def measure_model(ckpt: Path, sets: Path, limit: int, threads: int) -> tuple[dic
 
 
 def n3_pairs(rows: list[dict], measured: list[tuple]) -> list[dict]:
-    """Every ordered pair of models with the same width and prompt format."""
+    """Every ordered pair of models with the same width and prompt format, for the detector and
+    for the signals-only detector (whose inputs mean the same thing in every model)."""
     out = []
     for i, (a, (a_probe, a_train)) in enumerate(zip(rows, measured, strict=True)):
         for j, (b, (b_probe, _)) in enumerate(zip(rows, measured, strict=True)):
             if i != j and a["d_model"] == b["d_model"] and a["template"] == b["template"]:
-                out.append({"trained_on": a["name"], "applied_to": b["name"], **transfer(a_train, a_probe, b_probe)})
+                out += [{"trained_on": a["name"], "applied_to": b["name"], **transfer(a_train, a_probe, b_probe, kind)}
+                        for kind in N3_DETECTORS]
     return out
 
 
@@ -122,11 +125,11 @@ def markdown_all(result: dict) -> str:
     if result["n3"]:
         lines += ["", "N3, the detector moved to another model of the same width (standardisation and threshold "
                   "from the source; threshold = 5 % false positives on the source's training split, out-of-fold):",
-                  "", "| trained on | applied to | AUROC on source | AUROC on target | FPR source → target "
-                  "| TPR source → target |", "|---|---|---:|---:|---:|---:|"]
+                  "", "| trained on | applied to | detector | AUROC on source | AUROC on target | FPR source → target "
+                  "| TPR source → target |", "|---|---|---|---:|---:|---:|---:|"]
         for t in result["n3"]:
             s, d = t["source"], t["target"]
-            lines.append(f"| `{t['trained_on']}` | `{t['applied_to']}` | {fmt(s)} | {fmt(d)} | "
+            lines.append(f"| `{t['trained_on']}` | `{t['applied_to']}` | {t['detector']} | {fmt(s)} | {fmt(d)} | "
                          f"{100 * s['fpr']:.0f} % → {100 * d['fpr']:.0f} % | {100 * s['tpr']:.0f} % → "
                          f"{100 * d['tpr']:.0f} % |")
     lines += ["", *claims(result), "", "Per model and regime:", ""]
@@ -155,9 +158,9 @@ def claims(result: dict) -> list[str]:
     def moved(m: dict) -> str:
         cells = [f"from `{t['trained_on']}`: {t['source']['auroc']:.2f} → {t['target']['auroc']:.2f}, "
                  f"{100 * t['source']['fpr']:.0f} → {100 * t['target']['fpr']:.0f} % FP"
-                 for t in result["n3"] if t["applied_to"] == m["name"]]
+                 for t in result["n3"] if t["applied_to"] == m["name"] and t["detector"] == MAIN]
         return "; ".join(cells) or "—"
-    row("N3: detector moved onto this model", o["transplant"], moved)
+    row("N3: detector (hidden + signals) moved onto this model", o["transplant"], moved)
     return lines
 
 

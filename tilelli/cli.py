@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("tilelli.commands.export", "a checkpoint to ship: packed trits or bf16, plus its run records"),
     "bench": ("tilelli.commands.bench", "decode speed of a checkpoint vs a plain PyTorch GPT, measured in one process"),
     "plot": ("tilelli.commands.plot", "overlay training curves of one or more runs into a PNG"),
+    "probe": ("tilelli.commands.probe", "does the model know when it does not know? AUROCs of its uncertainty signals"),
 }
 
 
