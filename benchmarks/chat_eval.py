@@ -30,6 +30,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from samples import readme_with  # noqa: E402
 
+from tilelli.chat.abstain import AbstainRule, refusal_scores
 from tilelli.chat.dataset import build
-from tilelli.chat.session import ChatSession, abstain_probabilities
+from tilelli.chat.session import ChatSession
 from tilelli.chat.template import END_BYTE, USER_BYTE, is_refusal, turn
 from tilelli.infer import load_decoder
 from tilelli.infer.generate import SamplingConfig, generate_batch
@@ -81,9 +83,26 @@ def auroc(positive: list[float], negative: list[float]) -> float:
     return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
 
 
-def refusals(decoder, prompts: list[str]) -> list[bool]:
-    outs = generate_batch(decoder, [turn(p) for p in prompts], GREEDY)
+def refusals(decoder, prompts: list[str], bans: list[tuple[int, ...]] | None = None) -> list[bool]:
+    """Is the greedy reply to each prompt the refusal (with its first bytes banned, if given)?"""
+    cfgs = [replace(GREEDY, ban_first=b) for b in bans] if bans else GREEDY
+    outs = generate_batch(decoder, [turn(p) for p in prompts], cfgs)
     return [is_refusal(text.decode("utf-8", "replace")) for text, _, _ in outs]
+
+
+def decisions(decoder, rule: AbstainRule | None, prompts: list[str]) -> tuple[list[bool], list[bool], list[float]]:
+    """Refused or not under the greedy decision (the reply says it) and under the calibrated rule
+    (as `tilelli chat` decides); and the abstain probability of each prompt."""
+    scores = refusal_scores(decoder, [turn(p) for p in prompts])
+    greedy = refusals(decoder, prompts)
+    if rule is None:
+        return greedy, greedy, [s.probability for s in scores]
+    answered = [i for i, s in enumerate(scores) if not rule.abstains(s)]
+    ruled = [True] * len(prompts)
+    for i, refused in zip(answered, refusals(decoder, [prompts[i] for i in answered],
+                                             [rule.answer_ban()] * len(answered)), strict=True):
+        ruled[i] = refused
+    return greedy, ruled, [s.probability for s in scores]
 
 
 def reply_bpb(decoder, contexts: list[bytes], replies: list[bytes]) -> dict:
@@ -95,6 +114,21 @@ def reply_bpb(decoder, contexts: list[bytes], replies: list[bytes]) -> dict:
     return {"bpb": float(sums.sum() / counts.sum()) / ln2, "ci": [lo / ln2, hi / ln2], "bytes": int(counts.sum())}
 
 
+def refusal_rates(facts: list[dict], requests: list[dict], other: list[dict], fact_refused: list[bool],
+                  request_refused: list[bool], other_refused: list[bool]) -> dict:
+    def seen(rows: list[dict], flags: list[bool], key: str, want: object) -> list[bool]:
+        return [f for r, f in zip(rows, flags, strict=True) if r[key] == want]
+
+    return {
+        "facts_refused": {"all": rate(fact_refused), "seen_form": rate(seen(facts, fact_refused, "seen_form", True)),
+                          "unseen_form": rate(seen(facts, fact_refused, "seen_form", False))},
+        "requests_refused": {"all": rate(request_refused),
+                             "seen_template": rate(seen(requests, request_refused, "seen_template", True)),
+                             "unseen_template": rate(seen(requests, request_refused, "seen_template", False))},
+        "other_refused": {k: rate(seen(other, other_refused, "kind", k)) for k in sorted({o["kind"] for o in other})},
+    }
+
+
 def measure(name: str, chat_dir: Path, base_dir: Path, data: Path, threads: int, limit: int = 0) -> dict:
     def read(f: str) -> list[dict]:
         rows = [json.loads(line) for line in (data / "eval" / f).read_text().splitlines()]
@@ -104,18 +138,15 @@ def measure(name: str, chat_dir: Path, base_dir: Path, data: Path, threads: int,
     cfg = read_config(chat_dir)
     t0 = time.time()
     decoder = load_decoder(chat_dir, threads=threads)
-    fact_refused = refusals(decoder, [f["prompt"] for f in facts])
-    request_refused = refusals(decoder, [r["prompt"] for r in requests])
-    other_refused = refusals(decoder, [o["prompt"] for o in other])
-    p_facts = abstain_probabilities(decoder, [turn(f["prompt"]) for f in facts])
-    p_requests = abstain_probabilities(decoder, [turn(r["prompt"]) for r in requests])
+    rule = AbstainRule.load(chat_dir)
+    fact_greedy, fact_refused, p_facts = decisions(decoder, rule, [f["prompt"] for f in facts])
+    request_greedy, request_refused, p_requests = decisions(decoder, rule, [r["prompt"] for r in requests])
+    other_greedy, other_refused, _ = decisions(decoder, rule, [o["prompt"] for o in other])
     references = [r["reference"].encode() for r in requests]
     chat_bpb = reply_bpb(decoder, [turn(r["prompt"]) for r in requests], references)
     base = load_decoder(base_dir, threads=threads)
     base_bpb = reply_bpb(base, [(r["prompt"] + "\n").encode() for r in requests], references)
-    def seen(rows: list[dict], flags: list[bool], key: str, want: object) -> list[bool]:
-        return [f for r, f in zip(rows, flags, strict=True) if r[key] == want]
-    session = ChatSession(decoder, SAMPLING)
+    session = ChatSession(decoder, SAMPLING, rule)
     samples = []
     for prompt in SAMPLE_PROMPTS:
         session.reset()
@@ -126,12 +157,10 @@ def measure(name: str, chat_dir: Path, base_dir: Path, data: Path, threads: int,
         "name": name, "checkpoint": shown(chat_dir), "base": shown(base_dir), "config": cfg["model"]["arch"],
         "weights": "packed trits" if cfg["packed"] else cfg["weights_dtype"],
         "ternary": bool(cfg["model"]["ternary"]["quantize"]), "step": cfg.get("step"),
-        "facts_refused": {"all": rate(fact_refused), "seen_form": rate(seen(facts, fact_refused, "seen_form", True)),
-                          "unseen_form": rate(seen(facts, fact_refused, "seen_form", False))},
-        "requests_refused": {"all": rate(request_refused),
-                             "seen_template": rate(seen(requests, request_refused, "seen_template", True)),
-                             "unseen_template": rate(seen(requests, request_refused, "seen_template", False))},
-        "other_refused": {k: rate(seen(other, other_refused, "kind", k)) for k in sorted({o["kind"] for o in other})},
+        "rule": None if rule is None else {"threshold": rule.threshold, "alpha": rule.alpha,
+                                           "calibration": rule.record.get("calibration")},
+        **refusal_rates(facts, requests, other, fact_refused, request_refused, other_refused),
+        "greedy_decision": refusal_rates(facts, requests, other, fact_greedy, request_greedy, other_greedy),
         "abstain_probability": {"mean_facts": float(np.nanmean(p_facts)),
                                 "mean_requests": float(np.nanmean(p_requests)),
                                 "auroc_facts_vs_requests": auroc(p_facts, p_requests)},
@@ -144,25 +173,37 @@ def pct(r: dict) -> str:
     return f"{100 * r['rate']:.1f} % ({100 * r['ci'][0]:.1f}–{100 * r['ci'][1]:.1f})"
 
 
+def decided(r: dict) -> list[tuple[str, dict]]:
+    """(label, rates) of each decision measured for a model row: the rule first, as it ships."""
+    if r.get("rule") is None:
+        return [("greedy reply", r)]
+    return [(f"P(refusal) > {r['rule']['threshold']:.3f}", r), ("greedy reply", r["greedy_decision"])]
+
+
 def markdown(result: dict) -> str:
     rows = result["models"]
-    lines = [f"Held-out chat prompts, greedy replies; rates with Wilson 95 % intervals. {result['machine']}.", "",
-             f"| model | weights | refuses held-out facts (n={rows[0]['facts_refused']['all']['n']}) "
+    lines = [f"Held-out chat prompts; rates with Wilson 95 % intervals. {result['machine']}. Decisions: the "
+             "checkpoint's calibrated rule (what `tilelli chat` and `serve` do: refuse when P(refusal) exceeds a "
+             "split-conformal threshold from `tilelli calibrate` on other valid-slice requests), and for "
+             "comparison the greedy reply (refused when it is the refusal).", "",
+             f"| model | weights | decision | refuses held-out facts (n={rows[0]['facts_refused']['all']['n']}) "
              f"| unseen phrasings | false refusals, story requests (n={rows[0]['requests_refused']['all']['n']}) "
              "| unseen templates | reply bpb chat / base | abstain-prob AUROC |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         b = r["reply_bpb"]
-        lines.append(f"| `{r['name']}` | {r['weights']} | {pct(r['facts_refused']['all'])} | "
-                     f"{pct(r['facts_refused']['unseen_form'])} | {pct(r['requests_refused']['all'])} | "
-                     f"{pct(r['requests_refused']['unseen_template'])} | "
-                     f"{b['chat']['bpb']:.3f} / {b['base']['bpb']:.3f} ({100 * (b['ratio'] - 1):+.1f} %) | "
-                     f"{r['abstain_probability']['auroc_facts_vs_requests']:.3f} |")
+        for label, d in decided(r):
+            lines.append(f"| `{r['name']}` | {r['weights']} | {label} | {pct(d['facts_refused']['all'])} | "
+                         f"{pct(d['facts_refused']['unseen_form'])} | {pct(d['requests_refused']['all'])} | "
+                         f"{pct(d['requests_refused']['unseen_template'])} | "
+                         f"{b['chat']['bpb']:.3f} / {b['base']['bpb']:.3f} ({100 * (b['ratio'] - 1):+.1f} %) | "
+                         f"{r['abstain_probability']['auroc_facts_vs_requests']:.3f} |")
     kinds = list(rows[0]["other_refused"])
     lines += ["", "Refusals of prompts it was never taught to refuse (n=50 each):", "",
-              "| model | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
+              "| model | decision | " + " | ".join(kinds) + " |", "|---|---|" + "---:|" * len(kinds)]
     for r in rows:
-        lines.append(f"| `{r['name']}` | " + " | ".join(pct(r["other_refused"][k]) for k in kinds) + " |")
+        for label, d in decided(r):
+            lines.append(f"| `{r['name']}` | {label} | " + " | ".join(pct(d["other_refused"][k]) for k in kinds) + " |")
     return "\n".join(lines) + "\n"
 
 

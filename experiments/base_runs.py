@@ -19,9 +19,22 @@ Protocol, and why:
   the longer QAT phase that Apple's compute-optimal QAT finds best at small scale), weight decay
   0, started from the *shipped* bf16 Lite FP32 checkpoint (the run directories of session 1
   were lost with that machine; the shipped weights are that run's step 1000 rounded to bf16).
+  Session 4 adds `qat-1250-wd0`, the same from the shipped checkpoint with 1,250 steps (5.12 M
+  bytes, 55 % of the twin's 9.22 M training bytes): 250 -> 500 steps took the gap from +15.1 %
+  to +9.4 % with valid bpb still falling, and Apple's compute-optimal QAT puts the best QAT
+  fraction above 50 % at this scale.
+
+- **Continuation** (session 3, `--cont MODEL`): the long runs' validation was still falling
+  fast at step 1,000 (Lite FP32 1.472 -> 1.360 -> 1.292 bpb on the 204,800-byte head at steps
+  500/750/1,000; vanilla 2.03 -> 1.61 -> 1.45), so each shipped model continues for 600 more
+  steps (2.46 M bytes; 6.55 M in all, 1.87 epochs), a warm restart: fresh optimizer, Muon
+  re-warmed over 30 steps to 1e-3 (half the first peak), cosine to 1e-4, weight decay 0.1,
+  the same data and windows. Lite FP32 and vanilla get the identical recipe.
 
     python experiments/base_runs.py --runs-dir ~/tl/runs --data ~/tl/data/tinystories
     python experiments/base_runs.py --dry-run          # print the commands
+    python experiments/base_runs.py --cont tilelli-lite-fp32 --runs-dir ~/tl/runs --data ~/tl/data/tinystories
+    python experiments/base_runs.py --qat qat-1250-wd0 --runs-dir ~/tl/runs --data ~/tl/data/tinystories
 
 Lane 1 runs Lite FP32, then `qat-wd0.1`; lane 2 runs vanilla, then `qat-wd0` (which waits for
 Lite FP32). Rerunning resumes whatever is unfinished.
@@ -46,8 +59,11 @@ LONG = {"steps": 1000, "warmup": 50, "batch_size": 4, "seq_len": CONTEXT, "eval_
 # (other work shared the CPUs), and 400 would not have finished inside the session.
 QAT = {**LONG, "steps": 250, "warmup": 20, "eval_every": 125}
 SETTING = ("muon", 2e-3)
-QAT_WEIGHT_DECAY = {"qat-wd0.1": 0.1, "qat-wd0": 0.0, "qat-long-wd0": 0.0}
-QAT_STEPS = {"qat-long-wd0": 500}  # the others: QAT["steps"]
+QAT_WEIGHT_DECAY = {"qat-wd0.1": 0.1, "qat-wd0": 0.0, "qat-long-wd0": 0.0, "qat-1250-wd0": 0.0}
+QAT_STEPS = {"qat-long-wd0": 500, "qat-1250-wd0": 1250}  # the others: QAT["steps"]
+FROM_SHIPPED = tuple(QAT_STEPS)  # QAT runs that start from the shipped Lite FP32 checkpoint
+CONT = {**LONG, "steps": 600, "warmup": 30, "min_lr": 1e-4, "eval_every": 150}
+CONT_SETTING = ("muon", 1e-3)
 
 
 def long_run(model: str) -> Run:
@@ -57,8 +73,15 @@ def long_run(model: str) -> Run:
 
 def qat_run(name: str, source: Path) -> Run:
     steps = QAT_STEPS.get(name, QAT["steps"])
-    protocol = tuple({**QAT, "steps": steps, "eval_every": steps // 2, "weight_decay": QAT_WEIGHT_DECAY[name]}.items())
+    protocol = tuple({**QAT, "steps": steps, "eval_every": min(250, steps // 2),
+                      "weight_decay": QAT_WEIGHT_DECAY[name]}.items())
     return Run(name, "tilelli-lite-ternary", *SETTING, protocol=protocol, init_from=str(source),
+               overrides=(f"max_seq_len={CONTEXT}",))
+
+
+def cont_run(model: str) -> Run:
+    shipped = Path(__file__).resolve().parents[1] / "checkpoints" / model
+    return Run(f"cont-{model}", model, *CONT_SETTING, protocol=tuple(CONT.items()), init_from=str(shipped),
                overrides=(f"max_seq_len={CONTEXT}",))
 
 
@@ -69,14 +92,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--only", default="", help="run only the run of this name (the others are skipped)")
-    parser.add_argument("--qat-long", action="store_true",
-                        help="run only `qat-long-wd0`, from the shipped Lite FP32 checkpoint")
+    parser.add_argument("--qat", choices=FROM_SHIPPED,
+                        help="run only this QAT run, from the shipped Lite FP32 checkpoint")
+    parser.add_argument("--cont", choices=(LITE, VANILLA), help="run only the continuation of this shipped model")
     args = parser.parse_args()
+    if args.cont:
+        print(launch(cont_run(args.cont), args.runs_dir, args.data, args.threads, args.dry_run))
+        return
     lite = long_run(LITE)
     source = args.runs_dir / lite.name / "checkpoints" / f"step-{lite.steps:07d}"
-    if args.qat_long:
+    if args.qat:
         shipped = Path(__file__).resolve().parents[1] / "checkpoints" / LITE
-        print(launch(qat_run("qat-long-wd0", shipped), args.runs_dir, args.data, args.threads, args.dry_run))
+        print(launch(qat_run(args.qat, shipped), args.runs_dir, args.data, args.threads, args.dry_run))
         return
 
     def go(run: Run) -> str:

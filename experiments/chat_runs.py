@@ -15,7 +15,7 @@ Runs:
 - `chat-lite-fp32`  from `checkpoints/tilelli-lite-fp32`;
 - `chat-vanilla-fp32` from `checkpoints/vanilla-fp32` (the comparison);
 - `chat-lite-ternary`: the ternary twin, fine-tuned with quantization on from the latent
-  weights of the base QAT run `qat-long-wd0` (experiments/base_runs.py --qat-long), so the chat
+  weights of the base QAT run `qat-long-wd0` (experiments/base_runs.py --qat qat-long-wd0), so the chat
   twin saw the same chat data and steps as its FP32 sibling.
 
     python experiments/chat_runs.py --runs-dir ~/tl/runs --data ~/tl/data/chat

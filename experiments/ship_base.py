@@ -28,7 +28,7 @@ from tilelli.train.runs import read_metrics  # noqa: E402
 sys.path.insert(0, str(ROOT / "experiments"))
 from base_runs import QAT, QAT_STEPS  # noqa: E402
 
-QAT_RUNS = ("qat-wd0.1", "qat-wd0", "qat-long-wd0")
+QAT_RUNS = ("qat-wd0.1", "qat-wd0", "qat-long-wd0", "qat-1250-wd0")
 CHECK_BYTES = 204_800
 
 

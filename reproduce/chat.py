@@ -1,7 +1,8 @@
 """Re-check benchmarks/results/chat.json (the README's chat tables and samples) from the shipped
 chat checkpoints: rebuild the held-out sets from ../shared/data, re-run every measurement, compare.
 
-Tolerances: refusal and false-refusal rates within 2 percentage points, the per-kind refusal
+Tolerances: each model's abstain threshold, re-calibrated, within 0.01; refusal and
+false-refusal rates (under the calibrated rule and under the greedy decision) within 2 points, the per-kind refusal
 rates of other prompts within 4 points (50 prompts each: 2 prompts), reply bpb within 0.5 %,
 the abstain-probability AUROC within 0.01 (greedy decisions and float sums may differ slightly
 between CPUs and instruction sets); the data hashes, held-out sizes and sample replies exactly,
@@ -23,10 +24,20 @@ from chat_eval import MARKERS, README, RESULTS, SHARED, markdown, measure, sampl
 from checker import Checker  # noqa: E402
 from samples import readme_with  # noqa: E402
 
+from tilelli.chat.abstain import conformal_threshold, refusal_scores  # noqa: E402
 from tilelli.chat.dataset import build  # noqa: E402
+from tilelli.chat.template import turn  # noqa: E402
+from tilelli.infer import load_decoder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RATE, OTHER_RATE, BPB, AUROC = 0.02, 0.04, 0.005, 0.01
+RATE, OTHER_RATE, BPB, AUROC, THRESHOLD = 0.02, 0.04, 0.005, 0.01, 0.01
+
+
+def calibrated(checkpoint: Path, data: Path, alpha: float) -> float:
+    """The abstain threshold `tilelli calibrate` computes for `checkpoint` now."""
+    rows = [json.loads(line) for line in (data / "eval" / "calibration.jsonl").read_text().splitlines()]
+    scores = refusal_scores(load_decoder(checkpoint), [turn(r["prompt"]) for r in rows])
+    return conformal_threshold([s.probability for s in scores], alpha)
 
 
 def main() -> int:
@@ -39,14 +50,21 @@ def main() -> int:
         for pub in published["models"]:
             now = measure(pub["name"], ROOT / pub["checkpoint"], ROOT / pub["base"], Path(tmp) / "chat", 0)
             name = pub["name"]
-            for group, subsets in (("facts_refused", ("all", "seen_form", "unseen_form")),
-                                   ("requests_refused", ("all", "seen_template", "unseen_template"))):
-                for sub in subsets:
-                    checker.check(f"{name} {group} {sub}", pub[group][sub]["rate"], now[group][sub]["rate"], RATE,
-                                  absolute=True)
-            for kind, r in pub["other_refused"].items():
-                checker.check(f"{name} refuses {kind}", r["rate"], now["other_refused"][kind]["rate"], OTHER_RATE,
-                              absolute=True)
+            checker.check(f"{name} has an abstain rule", pub["rule"] is not None, now["rule"] is not None)
+            if pub["rule"] is not None and now["rule"] is not None:
+                checker.check(f"{name} abstain threshold", pub["rule"]["threshold"],
+                              calibrated(ROOT / pub["checkpoint"], Path(tmp) / "chat", pub["rule"]["alpha"]),
+                              THRESHOLD, absolute=True)
+            greedy = (" (greedy)", pub["greedy_decision"], now["greedy_decision"])
+            for decision, p, n in ((" (rule)", pub, now), greedy):
+                for group, subsets in (("facts_refused", ("all", "seen_form", "unseen_form")),
+                                       ("requests_refused", ("all", "seen_template", "unseen_template"))):
+                    for sub in subsets:
+                        checker.check(f"{name} {group} {sub}{decision}", p[group][sub]["rate"], n[group][sub]["rate"],
+                                      RATE, absolute=True)
+                for kind, r in p["other_refused"].items():
+                    checker.check(f"{name} refuses {kind}{decision}", r["rate"], n["other_refused"][kind]["rate"],
+                                  OTHER_RATE, absolute=True)
             for side in ("chat", "base"):
                 checker.check(f"{name} reply bpb ({side})", pub["reply_bpb"][side]["bpb"],
                               now["reply_bpb"][side]["bpb"], BPB)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,16 @@ import pytest
 import torch
 
 from tilelli.chat import dataset
-from tilelli.chat.session import REFUSAL_REPLY, ChatSession, abstain_probability
+from tilelli.chat.abstain import (
+    REFUSAL_REPLY,
+    RULE_FILE,
+    AbstainRule,
+    RefusalScore,
+    abstain_probability,
+    conformal_threshold,
+    refusal_scores,
+)
+from tilelli.chat.session import ChatSession
 from tilelli.chat.template import ASSISTANT, END, REFUSAL, USER, encode, is_refusal, prompt, turn
 from tilelli.errors import TilelliError
 from tilelli.infer import load_decoder
@@ -263,6 +273,83 @@ def test_session_keeps_history_and_reports_its_numbers(tiny_ckpt):
     assert r.dropped_turns > 0 or len(s.history) < 13
     s.reset()
     assert s.history == []
+
+
+# --- the abstain rule -----------------------------------------------------------------------------
+
+def test_conformal_threshold_is_the_rank_that_bounds_false_refusals():
+    scores = [i / 100 for i in range(99, 0, -1)]  # 0.99 ... 0.01, any order
+    t = conformal_threshold(scores, 0.1)
+    assert t == pytest.approx(0.90)  # the ceil(100 * 0.9) = 90th smallest
+    assert sum(s > t for s in scores) / len(scores) <= 0.1
+    assert conformal_threshold([*scores, float("nan")], 0.1) == t  # too-long prompts do not count
+    with pytest.raises(TilelliError, match="too few"):
+        conformal_threshold(scores[:5], 0.1)
+
+
+def test_refusal_scores_give_the_whole_refusal_and_its_bytes(tiny_ckpt):
+    s = refusal_scores(load_decoder(tiny_ckpt), [turn("hi")])[0]
+    assert len(s.byte_probs) == len(REFUSAL_REPLY) - 1  # END has no byte of its own in the reply
+    assert 0 < s.probability <= math.prod(s.byte_probs) * (1 + 1e-6)  # times P(END | refusal) <= 1
+    assert math.isnan(refusal_scores(load_decoder(tiny_ckpt), [b"x" * 250])[0].probability)  # no room left
+
+
+def test_abstain_rule_decides_bans_and_round_trips(tmp_path):
+    rule = AbstainRule(0.25, 0.03, {"requests": 3})
+    assert rule.abstains(RefusalScore(0.3)) and not rule.abstains(RefusalScore(0.25))
+    assert not rule.abstains(RefusalScore(float("nan")))
+    assert rule.answer_ban() == (ord("I"),)  # an answer never opens like the refusal
+    rule.save(tmp_path)
+    assert AbstainRule.load(tmp_path) == rule
+    assert AbstainRule.load(tmp_path / "elsewhere") is None
+    (tmp_path / RULE_FILE).write_text("{}")
+    with pytest.raises(TilelliError, match="tilelli calibrate"):
+        AbstainRule.load(tmp_path)
+    with pytest.raises(TilelliError, match="threshold"):
+        AbstainRule(1.5)
+
+
+def test_session_with_a_rule_refuses_above_the_threshold_and_answers_below(tiny_ckpt):
+    decoder, greedy = load_decoder(tiny_ckpt), SamplingConfig(max_new_tokens=20, temperature=0)
+    got = bytearray()
+    r = ChatSession(decoder, greedy, AbstainRule(0.0)).reply("hello", on_bytes=got.extend)
+    assert r.abstained and r.text == REFUSAL == got.decode() and r.stop_reason == "stop"
+    assert 0 < r.confidence < 1 and len(r.probs) == len(REFUSAL.encode())
+    r = ChatSession(decoder, greedy, AbstainRule(1.0)).reply("hello")
+    assert not r.abstained and r.text[:1] != "I" and len(r.probs) > 0
+
+
+def test_calibrate_writes_the_rule_that_chat_then_uses(tiny_ckpt, chat_set, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    for f in tiny_ckpt.iterdir():
+        (ckpt / f.name).write_bytes(f.read_bytes())
+    done = run_cli("calibrate", "--checkpoint", str(ckpt), "--data", str(chat_set), "--alpha", "0.2")
+    assert done.returncode == 0, done.stderr
+    rule = AbstainRule.load(ckpt)
+    cal = rows(chat_set / "eval" / "calibration.jsonl")
+    scores = [s.probability for s in refusal_scores(load_decoder(ckpt), [turn(r["prompt"]) for r in cal])]
+    assert rule.threshold == pytest.approx(conformal_threshold(scores, 0.2)) and rule.alpha == 0.2
+    assert rule.record["calibration"]["requests"] == len(cal) > 0
+    ask = ("chat", "--checkpoint", str(ckpt), "--prompt", "hi", "--json", "--max-new-tokens", "8", "--temperature", "0")
+    for extra, refused in ((("--abstain-threshold", "0"), True), (("--abstain-threshold", "1"), False)):
+        out = json.loads(run_cli(*ask, *extra).stdout)
+        assert out["abstained"] is refused and (out["reply"] == REFUSAL) is refused
+    done = run_cli("calibrate", "--checkpoint", str(ckpt), "--data", str(tmp_path))
+    assert done.returncode == 2 and "prepare-chat" in done.stderr
+    done = run_cli(*ask, "--abstain-threshold", "2")
+    assert done.returncode == 2 and "[0, 1]" in done.stderr
+
+
+def test_calibration_requests_are_disjoint_from_the_held_out_ones(shared, tmp_path):
+    root = tmp_path / "shared"
+    shutil.copytree(shared, root)
+    unique = [story.replace("The end.", f"It was day {i}. The end.") for i, story in enumerate(stories(30, 1))]
+    (root / "tinystories" / "TinyStories-valid.head800KB.no-story-delims.txt").write_text("\n\n".join(unique))
+    dataset.build(root, tmp_path / "set", held_out_facts=20, held_out_requests=12, other_each=4)
+    held = {r["reference"] for r in rows(tmp_path / "set" / "eval" / "requests.jsonl")}
+    cal = {r["reference"] for r in rows(tmp_path / "set" / "eval" / "calibration.jsonl")}
+    assert len(held) == 12 and len(cal) == 30 - 12 and not held & cal
 
 
 def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -56,6 +56,21 @@ def test_seed_makes_sampling_reproducible():
     assert generate(model, b"abc", cfg)[0] != generate(model, b"abc", other)[0]
 
 
+def test_ban_first_bans_only_the_first_byte_and_keeps_the_models_confidence():
+    model = seeded_model()
+    cfg = SamplingConfig(max_new_tokens=8, temperature=0)
+    free, _, _ = generate(model, b"hello", cfg)
+    banned, probs, _ = generate(model, b"hello", SamplingConfig(max_new_tokens=8, temperature=0, ban_first=(free[0],)))
+    assert banned[0] != free[0]
+    with torch.no_grad():
+        p = model(torch.tensor([list(b"hello")])).logits[0, -1].softmax(-1)
+    assert banned[0] == int(p.topk(2).indices[1])  # the runner-up
+    assert probs[0] == pytest.approx(p[banned[0]].item(), abs=1e-6)  # its own probability, not renormalised
+    for seed in range(20):  # sampling too never picks it
+        cfg = SamplingConfig(max_new_tokens=1, temperature=5.0, seed=seed, ban_first=(free[0],))
+        assert generate(model, b"hello", cfg)[0][0] != free[0]
+
+
 def test_top_k_1_and_tiny_top_p_are_greedy():
     model = seeded_model()
     greedy = generate(model, b"abc", SamplingConfig(max_new_tokens=20, temperature=0))[0]
@@ -146,6 +161,7 @@ def test_context_limit_stops_generation():
 @pytest.mark.parametrize("kw,msg", [
     (dict(max_new_tokens=-1), "max_new_tokens"), (dict(temperature=-0.1), "temperature"),
     (dict(top_k=-2), "top_k"), (dict(top_p=0.0), "top_p"), (dict(stop=(b"",)), "stop"),
+    (dict(ban_first=(256,)), "ban_first"),
 ])
 def test_bad_sampling_values(kw, msg):
     with pytest.raises(TilelliError, match=msg):

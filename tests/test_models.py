@@ -182,6 +182,30 @@ def test_router_entropy_and_aux_loss_exposed():
     assert out.aux_loss >= 0 and torch.isclose(out.loss, out.ce_loss + out.aux_loss)
 
 
+def test_router_entropy_loss_adds_weight_times_mean_entropy_and_sharpens_routing():
+    idx, tgt = torch.randint(0, 256, (2, 10)), torch.randint(0, 256, (2, 10))
+    torch.manual_seed(0)
+    plain = build_model(tiny("tilelli-lite-fp32"))
+    torch.manual_seed(0)
+    meta = build_model(tiny("tilelli-lite-fp32", router_entropy_weight=0.5))
+    out_plain, out_meta = plain(idx, tgt), meta(idx, tgt)
+    extra = 0.5 * out_meta.router_entropy().mean(dim=(1, 2)).sum()  # per layer, summed over layers
+    assert torch.isclose(out_meta.aux_loss, out_plain.aux_loss + extra)
+
+    opt = torch.optim.AdamW([p for n, p in meta.named_parameters() if ".router." in n], lr=1e-2)
+    before = out_meta.router_entropy().mean().item()
+    for _ in range(20):
+        opt.zero_grad()
+        meta(idx, tgt).loss.backward()
+        opt.step()
+    assert meta(idx, tgt).router_entropy().mean().item() < before - 0.05
+
+
+def test_router_entropy_loss_needs_a_router():
+    with pytest.raises(TilelliError, match="router_entropy_weight"):
+        tiny("vanilla-fp32", router_entropy_weight=0.1)
+
+
 def test_sequence_longer_than_context_is_an_error():
     model = build_model(tiny("tilelli-lite-fp32", max_seq_len=16))
     with pytest.raises(TilelliError, match="exceeds the context of 16"):

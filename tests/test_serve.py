@@ -26,6 +26,7 @@ import pytest
 import torch
 from conftest import tiny
 
+from tilelli.chat.abstain import AbstainRule
 from tilelli.chat.template import END, REFUSAL
 from tilelli.infer import load_decoder
 from tilelli.infer.generate import GeneratedByte, SamplingConfig
@@ -228,6 +229,22 @@ def test_chat_stops_at_the_end_of_turn_and_marks_abstention():
         events = stream(base, "/v1/chat/completions", {"messages": chat("hello")})
         assert events[-2]["choices"][0]["abstained"] is False and events[-2]["choices"][0]["finish_reason"] == "stop"
         assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == "Hi!"
+
+
+def test_an_abstain_rule_decides_chat_replies_but_not_completions():
+    decoder = ScriptDecoder(b"Hi!" + bytes([END]))
+    app = create_app(lambda: decoder, "fake", SamplingConfig(max_new_tokens=100, temperature=0.0),
+                     rule=AbstainRule(0.0))  # every prompt's refusal probability is above 0
+    with serving(app) as base:
+        steps = decoder.steps
+        choice = httpx.post(base + "/v1/chat/completions", json={"messages": chat("hello")}).json()["choices"][0]
+        assert choice["message"]["content"] == REFUSAL and choice["abstained"] is True
+        assert choice["finish_reason"] == "stop" and decoder.steps == steps + 1  # scored, never decoded
+        events = stream(base, "/v1/chat/completions", {"messages": chat("hello"), "max_tokens": 5})
+        assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == REFUSAL[:5]
+        assert events[-2]["choices"][0]["finish_reason"] == "length"
+        text = httpx.post(base + "/v1/completions", json={"prompt": "hello", "max_tokens": 3}).json()
+        assert text["choices"][0]["text"] == "Hi!"
 
 
 def test_models_health_and_page(real, ckpt):

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("tilelli.commands.generate", "generate text from a checkpoint, streaming to the terminal"),
     "prepare": ("tilelli.commands.prepare", "pack raw text (txt, jsonl, TinyStories) into train.bin / valid.bin"),
     "prepare-chat": ("tilelli.commands.prepare_chat", "build the chat fine-tuning set and held-out prompts"),
+    "calibrate": ("tilelli.commands.calibrate", "calibrate a chat checkpoint's abstain threshold on held-out requests"),
     "chat": ("tilelli.commands.chat", "chat with a chat checkpoint (interactive, or --prompt TEXT [--json])"),
     "serve": ("tilelli.commands.serve", "an OpenAI-compatible HTTP API with streaming, and a web chat page"),
     "train": ("tilelli.commands.train", "train any named config (CPU, GPU, or several GPUs via torchrun)"),

@@ -52,6 +52,7 @@ MAX_EXAMPLE_BYTES = 1000  # prompt + reply of one turn: fits a 1,024-byte window
 N_HELD_OUT_FACTS = 400
 N_HELD_OUT_REQUESTS = 240
 N_OTHER_EACH = 50
+N_CALIBRATION_REQUESTS = 300  # story requests for the abstain rule's threshold (tilelli.chat.abstain)
 NEAR_DUPLICATE = 0.7
 
 FACT_FORMS = ("{Q}?", "{q}", "{q}?", "Can you tell me {q}?", "Do you know {q}?", "Tell me {q}.",
@@ -245,8 +246,26 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def held_out_request_set(stories: Sequence[str], order: Sequence[int], n: int, rng: random.Random,
+                         train_forms: dict[str, Sequence[str]]) -> tuple[list[dict], int]:
+    """Up to `n` story requests from `stories`, taken in `order`, a third in templates never
+    trained on; also how many of `order` were used up."""
+    rows: list[dict] = []
+    taken = 0
+    for i in order:
+        if len(rows) == n:
+            break
+        taken += 1
+        unseen = len(rows) % 3 == 0
+        made = story_request(stories[i], rng, UNSEEN_REQUEST_FORMS if unseen else train_forms)
+        if made:
+            rows.append({"prompt": made[0], "reference": made[1], "template": made[2], "seen_template": not unseen})
+    return rows, taken
+
+
 def build(shared: Path, out: Path, seed: int = 0, held_out_facts: int = N_HELD_OUT_FACTS,
-          held_out_requests: int = N_HELD_OUT_REQUESTS, other_each: int = N_OTHER_EACH) -> dict:
+          held_out_requests: int = N_HELD_OUT_REQUESTS, other_each: int = N_OTHER_EACH,
+          calibration_requests: int = N_CALIBRATION_REQUESTS) -> dict:
     """Build everything into `out` (see the module doc); returns the meta record it writes.
     The held-out sizes are parameters only so that tests can use a few kilobytes of data."""
     shared = Path(shared)
@@ -288,18 +307,17 @@ def build(shared: Path, out: Path, seed: int = 0, held_out_facts: int = N_HELD_O
         held_facts.append({"prompt": phrase(q, form), "question": q, "source": src, "form": form,
                            "seen_form": form in FACT_FORMS})
     valid_stories = sources.tinystories_valid(valid_file)
-    held_requests = []
-    for story in rng.sample(valid_stories, len(valid_stories)):
-        if len(held_requests) == held_out_requests:
-            break
-        unseen = len(held_requests) % 3 == 0  # a third in templates the model never saw
-        made = story_request(story, rng, UNSEEN_REQUEST_FORMS if unseen else train_forms)
-        if made:
-            held_requests.append({"prompt": made[0], "reference": made[1], "template": made[2],
-                                  "seen_template": not unseen})
+    order = rng.sample(range(len(valid_stories)), len(valid_stories))
+    held_requests, used = held_out_request_set(valid_stories, order, held_out_requests, rng, train_forms)
     if len(held_requests) < held_out_requests:
         raise TilelliError(f"only {len(held_requests)} held-out requests could be built from {valid_file}")
     other = other_prompts(rng, other_each, valid_stories)
+    # The abstain rule's calibration: more valid-slice stories, none of the held-out requests'
+    # (its own random stream, so the sets above are what they were before it existed).
+    cal_rng = random.Random(seed + 1)
+    rest = list(order[used:])
+    cal_rng.shuffle(rest)
+    calibration, _ = held_out_request_set(valid_stories, rest, calibration_requests, cal_rng, train_forms)
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval").mkdir(exist_ok=True)
@@ -307,7 +325,8 @@ def build(shared: Path, out: Path, seed: int = 0, held_out_facts: int = N_HELD_O
     valid_examples = [Example(((f["prompt"], REFUSAL),), "refusal", f["source"]) for f in held_facts]
     valid_examples += [Example(((r["prompt"], r["reference"]),), "story", "tinystories-valid") for r in held_requests]
     valid_sizes = _write_source(out / "valid.bin", valid_examples)
-    for name, rows in (("facts", held_facts), ("requests", held_requests), ("other", other)):
+    for name, rows in (("facts", held_facts), ("requests", held_requests), ("other", other),
+                       ("calibration", calibration)):
         with open(out / "eval" / f"{name}.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
@@ -325,6 +344,7 @@ def build(shared: Path, out: Path, seed: int = 0, held_out_facts: int = N_HELD_O
                   "story_requests": n_stories, "answered": n_answered},
         "valid": {**valid_sizes, "sha256": _sha(out / "valid.bin")},
         "held_out": {"facts": len(held_facts), "requests": len(held_requests), "other": len(other),
+                     "calibration_requests": len(calibration),
                      "train_questions": len(train_q), "near_duplicates_removed_from_train": removed},
         "licences": "TinyStories CDLA-Sharing-1.0; NQ-open CC BY-SA 3.0; TruthfulQA, Self-Instruct, Alpaca seed "
                     "tasks, LLaMA-Factory identity Apache-2.0; ChatterBot corpus BSD. No CC BY-NC set is used.",

@@ -10,22 +10,24 @@ returns a `Reply` with three numbers a caller can act on:
   the END byte) as the reply to this prompt, by teacher forcing it: a graded abstain score
   that exists whether or not the sampled reply refused;
 - `confidence`: the mean probability the model gave the bytes it produced.
+
+With an `AbstainRule` (tilelli.chat.abstain; the shipped chat checkpoints carry a calibrated
+one), the abstain probability decides: above the threshold the reply is the refusal, below it
+the model answers (and its answer may not open like the refusal). Without one, whatever the
+model generates decides.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from tilelli.chat.abstain import AbstainRule, refusal_scores
 from tilelli.chat.template import END_BYTE, REFUSAL, USER_BYTE, is_refusal, prompt
 from tilelli.infer.generate import Batch, SamplingConfig
-from tilelli.infer.score import continuation_logprobs
-
-REFUSAL_REPLY = REFUSAL.encode("utf-8") + END_BYTE
 
 
 @dataclass
@@ -43,26 +45,13 @@ class Reply:
                 "abstain_probability": self.abstain_probability, "stop_reason": self.stop_reason}
 
 
-def abstain_probabilities(decoder: Any, prompts: Sequence[bytes], batch_size: int = 8) -> list[float]:
-    """P(reply = REFUSAL then END | prompt) for each prompt, by teacher forcing (nan for a
-    prompt too long to leave room for the refusal)."""
-    fits = [i for i, p in enumerate(prompts) if len(p) + len(REFUSAL_REPLY) - 1 <= decoder.max_seq_len]
-    logps = continuation_logprobs(decoder, [prompts[i] for i in fits], [REFUSAL_REPLY] * len(fits), batch_size)
-    out = [float("nan")] * len(prompts)
-    for i, lp in zip(fits, logps, strict=True):
-        out[i] = float(math.exp(lp.sum()))
-    return out
-
-
-def abstain_probability(decoder: Any, prompt_bytes: bytes) -> float:
-    return abstain_probabilities(decoder, [prompt_bytes])[0]
-
-
 class ChatSession:
     """History plus a decoder; one `reply` per user message."""
 
-    def __init__(self, decoder: Any, sampling: SamplingConfig | None = None) -> None:
+    def __init__(self, decoder: Any, sampling: SamplingConfig | None = None,
+                 rule: AbstainRule | None = None) -> None:
         self.decoder = decoder
+        self.rule = rule
         base = sampling or SamplingConfig(max_new_tokens=600, temperature=0.7, top_p=0.9)
         self.sampling = SamplingConfig(**{**base.__dict__, "stop": (END_BYTE, USER_BYTE)})
         self.history: list[tuple[str, str]] = []
@@ -77,11 +66,25 @@ class ChatSession:
         "interrupted"). With `remember`, the turn joins the history."""
         room = min(self.sampling.max_new_tokens, self.decoder.max_seq_len // 2)
         prompt_bytes, dropped = prompt(self.history, text, self.decoder.max_seq_len, room)
+        score = refusal_scores(self.decoder, [prompt_bytes])[0]
+        if self.rule is not None and self.rule.abstains(score):
+            if on_bytes is not None:
+                on_bytes(REFUSAL.encode("utf-8"))
+            probs = list(score.byte_probs)
+            reply = Reply(REFUSAL, True, float(np.mean(probs)), score.probability, "stop", dropped, probs)
+        else:
+            reply = self._generate(prompt_bytes, score.probability, on_bytes)
+            reply.dropped_turns = dropped
+        if remember:
+            self.history = [*self.history[dropped:], (text, reply.text)]
+        return reply
+
+    def _generate(self, prompt_bytes: bytes, p_abstain: float, on_bytes: Callable[[bytes], None] | None) -> Reply:
+        ban = self.rule.answer_ban() if self.rule is not None else ()
         batch = Batch(self.decoder)
-        stream = batch.add(prompt_bytes, self.sampling)
-        reason, p_abstain = None, float("nan")
+        stream = batch.add(prompt_bytes, replace(self.sampling, ban_first=ban))
+        reason = None
         try:
-            p_abstain = abstain_probability(self.decoder, prompt_bytes)
             while not stream.done:
                 for _, released in batch.step():
                     if on_bytes is not None and released:
@@ -90,8 +93,5 @@ class ChatSession:
             reason = "interrupted"
         out = bytes(stream.out).decode("utf-8", errors="replace")
         probs = list(stream.probs)
-        reply = Reply(out, is_refusal(out), float(np.mean(probs)) if probs else float("nan"), p_abstain,
-                      reason or stream.stop_reason or "max_new_tokens", dropped, probs)
-        if remember:
-            self.history = [*self.history[dropped:], (text, out)]
-        return reply
+        return Reply(out, is_refusal(out), float(np.mean(probs)) if probs else float("nan"), p_abstain,
+                     reason or stream.stop_reason or "max_new_tokens", 0, probs)

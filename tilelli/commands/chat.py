@@ -7,6 +7,9 @@ oldest turns are dropped, and that is said once.
 
 One-shot: `--prompt TEXT` prints the reply; with `--json`, one object
 {"reply", "abstained", "confidence", "abstain_probability", "stop_reason"}.
+
+Whether to refuse is decided by the checkpoint's calibrated abstain rule (abstain.json, from
+`tilelli calibrate`; see tilelli.chat.abstain) unless --abstain-threshold says otherwise.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import codecs
 import json
 import sys
 
-from tilelli.commands.options import add_engine_arguments, add_sampling_arguments
+from tilelli.commands.options import abstain_rule, add_abstain_argument, add_engine_arguments, add_sampling_arguments
 from tilelli.errors import TilelliError
 
 HELP = "commands: /reset forgets the conversation, /quit (or Ctrl-D) leaves, Ctrl-C stops a reply"
@@ -29,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", help="ask one message, print the reply and exit")
     parser.add_argument("--json", action="store_true", help="with --prompt: print one JSON object")
     add_sampling_arguments(parser, max_new_tokens=600, temperature=0.7, top_p=0.9)
+    add_abstain_argument(parser)
     add_engine_arguments(parser)
     parser.epilog = HELP
 
@@ -58,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
 
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    session = ChatSession(load_decoder(path, args.engine, args.threads), sampling)
+    rule = abstain_rule(args.abstain_threshold, path)
+    session = ChatSession(load_decoder(path, args.engine, args.threads), sampling, rule)
     if args.prompt is not None:
         return _one_shot(session, args.prompt, args.json)
     return _interactive(session, path.name)

@@ -1,8 +1,10 @@
-"""Options that `tilelli generate` and `tilelli chat` (and `serve`) share: sampling, engine, threads."""
+"""Options that `tilelli generate` and `tilelli chat` (and `serve`) share: sampling, engine,
+threads, and the chat's abstain rule."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def non_negative_int(s: str) -> int:
@@ -43,3 +45,30 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: the native engine when it can run the model, else PyTorch (default); "
                              "torch: the PyTorch reference path")
     parser.add_argument("--threads", type=non_negative_int, default=0, help="CPU threads (0 = all available)")
+
+
+def abstain_threshold(s: str) -> float | str:
+    if s == "greedy":
+        return s
+    v = float(s)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"{v} must be in [0, 1], or 'greedy'")
+    return v
+
+
+def add_abstain_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--abstain-threshold", type=abstain_threshold, default=None, metavar="P",
+                        help="refuse when the model's probability of the refusal exceeds P (default: the "
+                             "threshold `tilelli calibrate` stored beside the checkpoint); 'greedy': "
+                             "refuse only when the generated reply is the refusal")
+
+
+def abstain_rule(value: float | str | None, checkpoint_dir: Any) -> Any:
+    """The AbstainRule the options ask for (None = the generated reply decides)."""
+    from tilelli.chat.abstain import AbstainRule
+
+    if value == "greedy":
+        return None
+    if value is not None:
+        return AbstainRule(float(value))
+    return AbstainRule.load(checkpoint_dir)

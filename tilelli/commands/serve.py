@@ -14,7 +14,13 @@ import argparse
 import socket
 import sys
 
-from tilelli.commands.options import add_engine_arguments, add_sampling_arguments, non_negative_int
+from tilelli.commands.options import (
+    abstain_rule,
+    add_abstain_argument,
+    add_engine_arguments,
+    add_sampling_arguments,
+    non_negative_int,
+)
 from tilelli.errors import TilelliError
 
 
@@ -39,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     add("--port", type=_port, default=8000, help="TCP port (default 8000; 0 = any free port)")
     add_sampling_arguments(parser, max_new_tokens=600, temperature=0.7, top_p=0.9)
+    add_abstain_argument(parser)
     for action in parser._actions:  # the sampling options are per-request defaults here; say so
         if action.dest == "max_new_tokens":
             action.help = "default and largest max_tokens of a request, in bytes (default 600)"
@@ -96,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
             server.should_exit = True
 
     app = create_app(lambda: load_decoder(path, args.engine, args.threads), path.name, defaults,
-                     Limits(args.max_body_bytes, args.max_batch, args.max_queue), on_failure=stop)
+                     Limits(args.max_body_bytes, args.max_batch, args.max_queue), on_failure=stop,
+                     rule=abstain_rule(args.abstain_threshold, path))
     server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5))
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

@@ -121,6 +121,8 @@ class RoutedBlock(nn.Module):
         if nb > 1:
             bank_usage = (probs / mass.unsqueeze(-1).clamp_min(1e-12)).mean((0, 1))  # (P, nb)
             aux = aux + cfg.bank_balance_weight * ((bank_usage - 1.0 / nb) ** 2).mean()
+        if cfg.router_entropy_weight:
+            aux = aux + cfg.router_entropy_weight * router_entropy(mass).mean()
         return out, BlockStats(aux, mass)
 
 

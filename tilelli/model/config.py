@@ -40,6 +40,10 @@ class TernaryOptions:
                 raise TilelliError(f"invalid ternary options: {f.name}={getattr(self, f.name)!r}; {problem}")
 
 
+# Loss weights: how a model is trained, not what it is. `--init-from` may change them.
+LOSS_WEIGHT_FIELDS = ("balance_weight", "bank_balance_weight", "router_entropy_weight")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of one byte-level LM. `arch` picks the block:
@@ -73,6 +77,10 @@ class ModelConfig:
     # auxiliary load-balance losses (router over pathways, and over banks)
     balance_weight: float = 0.01
     bank_balance_weight: float = 0.01
+    # the original's "metacognition" loss: this weight x the mean per-token router entropy
+    # (nats), minimised on in-domain training text so routing is sharp where the model knows the
+    # data and, the hope goes, stays uncertain where it does not; 0 = off (issue 13 measures it)
+    router_entropy_weight: float = 0.0
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -99,8 +107,10 @@ class ModelConfig:
             bad(f"skip_mode {self.skip_mode!r}; expected 'per_call' or 'per_token'")
         if not 0.0 <= self.skip_threshold < 1.0:
             bad(f"skip_threshold={self.skip_threshold} must be in [0, 1)")
-        if self.arch == "vanilla" and (self.n_banks != 1 or self.top_k_routing):
-            bad("n_banks and top_k_routing need a routed block (arch 'lite' or 'parent')")
+        if self.arch == "vanilla" and (self.n_banks != 1 or self.top_k_routing or self.router_entropy_weight):
+            bad("n_banks, top_k_routing and router_entropy_weight need a routed block (arch 'lite' or 'parent')")
+        if self.router_entropy_weight < 0:
+            bad(f"router_entropy_weight={self.router_entropy_weight} must be >= 0")
 
     @property
     def head_dim(self) -> int:

@@ -208,8 +208,10 @@ def label(name: str) -> str:
     return LABELS.get(name, name)
 
 
-def fmt(cell: dict[str, Any], ci: bool = True) -> str:
-    return f"{cell['auroc']:.3f} ({cell['ci'][0]:.2f}–{cell['ci'][1]:.2f})" if ci else f"{cell['auroc']:.3f}"
+def fmt(cell: dict[str, Any]) -> str:
+    """An AUROC with its bootstrap interval (when the cell has one)."""
+    ci = cell.get("ci")
+    return f"{cell['auroc']:.3f} ({ci[0]:.2f}–{ci[1]:.2f})" if ci else f"{cell['auroc']:.3f}"
 
 
 def rows_of(result: dict[str, Any], layers: bool = False) -> list[tuple[str, dict[str, Any]]]:
@@ -225,16 +227,15 @@ def rows_of(result: dict[str, Any], layers: bool = False) -> list[tuple[str, dic
 def markdown(name: str, result: dict[str, Any]) -> str:
     """One model's tables: AUROC per row and regime, leave-one-regime-out, N1, abstain rates."""
     regimes = [r for r in OOD if r in result["signals"]["max_softmax"]["auroc"]]
-    lines = [f"**`{name}`**: AUROC in-domain vs OOD (higher = OOD after orienting; 95 % bootstrap interval "
-             "for all regimes pooled)", "",
+    lines = [f"**`{name}`**: AUROC in-domain vs OOD (higher = OOD after orienting; 95 % bootstrap intervals; "
+             "30 in-domain vs 30 OOD prompts per regime)", "",
              "| signal | all regimes | " + " | ".join(REGIME_LABELS[r] for r in regimes) + " |",
              "|---|---:|" + "---:|" * len(regimes)]
     for n, table in rows_of(result, layers=True):
-        lines.append(f"| {label(n)} | {fmt(table['all'])} | " + " | ".join(fmt(table[r], False) for r in regimes)
-                     + " |")
+        lines.append(f"| {label(n)} | {fmt(table['all'])} | " + " | ".join(fmt(table[r]) for r in regimes) + " |")
     loro = result["leave_one_regime_out"]
     lines.append("| detector, leave-one-regime-out (trained without that regime) | — | "
-                 + " | ".join(fmt(loro[r], False) for r in regimes) + " |")
+                 + " | ".join(fmt(loro[r]) for r in regimes) + " |")
     if "n1" in result:
         n1 = result["n1"]
         lines += ["", f"N1, router entropy vs max-softmax per regime: router entropy higher in {n1['router_wins']} of "

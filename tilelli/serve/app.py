@@ -58,8 +58,9 @@ class ServeState:
     (a running `DecodeWorker`) or failed (`error` says why; `on_failure` is called)."""
 
     def __init__(self, load: Callable[[], Decoder], model: str, defaults: SamplingConfig, limits: Limits,
-                 on_failure: Callable[[str], None] | None = None) -> None:
+                 on_failure: Callable[[str], None] | None = None, rule: Any = None) -> None:
         self.load, self.model, self.defaults, self.limits = load, model, defaults, limits
+        self.rule = rule  # the chat endpoint's AbstainRule (None: the generated reply decides)
         self.on_failure = on_failure
         self.status = "loading"
         self.error: str | None = None
@@ -179,12 +180,14 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
 
 
 def create_app(load: Callable[[], Decoder], model: str, defaults: SamplingConfig | None = None,
-               limits: Limits | None = None, on_failure: Callable[[str], None] | None = None) -> FastAPI:
+               limits: Limits | None = None, on_failure: Callable[[str], None] | None = None,
+               rule: Any = None) -> FastAPI:
     """The server for one model. `load` builds its decoder (called once, in a thread, at start-up);
     `model` is the name clients send; `defaults` hold the sampling settings a request leaves out,
-    and `defaults.max_new_tokens` is both the default and the cap of a request's max_tokens."""
+    and `defaults.max_new_tokens` is both the default and the cap of a request's max_tokens;
+    `rule` is the chat endpoint's `AbstainRule` (tilelli.chat.abstain), as in `tilelli chat`."""
     state = ServeState(load, model, defaults or SamplingConfig(max_new_tokens=600, temperature=0.7, top_p=0.9),
-                       limits or Limits(), on_failure)
+                       limits or Limits(), on_failure, rule)
     page = resources.files("tilelli.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
     @contextlib.asynccontextmanager
@@ -252,7 +255,8 @@ def create_app(load: Callable[[], Decoder], model: str, defaults: SamplingConfig
         parse = protocol.parse_chat if chat else protocol.parse_completion
         req = parse(body, state.defaults, state.defaults.max_new_tokens, state.context)
         channel = _Channel()
-        job = Job(req.prompt, req.cfg, channel.deliver, want_abstain=req.abstain_probability)
+        job = Job(req.prompt, req.cfg, channel.deliver, want_abstain=req.abstain_probability,
+                  rule=state.rule if chat else None)
         try:
             worker.submit(job)
         except QueueFull as e:

@@ -11,6 +11,10 @@ Each job's results go to its `deliver` callback, called on the worker thread wit
 at a time (the server passes a callback that hands them to the asyncio loop):
 
     ("abstain", float)        the abstain probability, first, when the job asked for it
+
+A chat job with an abstain rule (tilelli.chat.abstain) is decided before it joins the batch:
+above the threshold its reply is the refusal, delivered at once; below it the job decodes with
+the refusal's opening byte banned when that byte would commit it to the refusal.
     ("bytes", [GeneratedByte])  bytes that became final in a step
     ("done", (stop_reason, generated_bytes))  last event of a job that ran
     ("error", (status, message))  last event of a job that could not run or failed: HTTP
@@ -28,11 +32,11 @@ import threading
 import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tilelli.errors import TilelliError
-from tilelli.infer.generate import Batch, Decoder, SamplingConfig, Stream
+from tilelli.infer.generate import Batch, Decoder, GeneratedByte, SamplingConfig, Stream
 
 log = logging.getLogger("tilelli.serve")
 
@@ -55,6 +59,7 @@ class Job:
     cfg: SamplingConfig
     deliver: Callable[[Event], None]
     want_abstain: bool = False
+    rule: Any = None  # an AbstainRule for chat jobs, or None
     stream: Stream | None = None
     cancelled: bool = False
     finished: bool = False  # its last event was delivered
@@ -168,11 +173,19 @@ class DecodeWorker:
             self._drop(job)
             return
         try:
-            if job.want_abstain:
-                from tilelli.chat.session import abstain_probability
+            cfg = job.cfg
+            if job.want_abstain or job.rule is not None:
+                from tilelli.chat.abstain import refusal_scores
 
-                job.deliver(("abstain", abstain_probability(self.decoder, job.prompt)))
-            job.stream = self._batch.add(job.prompt, job.cfg)
+                score = refusal_scores(self.decoder, [job.prompt])[0]
+                if job.want_abstain:
+                    job.deliver(("abstain", score.probability))
+                if job.rule is not None and job.rule.abstains(score):
+                    self._refuse(job, score)
+                    return
+                if job.rule is not None:
+                    cfg = replace(cfg, ban_first=job.rule.answer_ban())
+            job.stream = self._batch.add(job.prompt, cfg)
         except TilelliError as e:
             self._finish(job, ("error", (400, str(e))))
             return
@@ -183,6 +196,16 @@ class DecodeWorker:
         self._by_stream[id(job.stream)] = job
         if job.stream.done:  # max_tokens 0: done before any step
             self._finish(job, ("done", (job.stream.stop_reason, 0)))
+
+    def _refuse(self, job: Job, score: Any) -> None:
+        """The rule abstained: the reply is the refusal (cut at max_tokens), never decoded."""
+        from tilelli.chat.abstain import REFUSAL_REPLY
+
+        n = min(len(REFUSAL_REPLY) - 1, job.cfg.max_new_tokens)  # without the END byte
+        if n:
+            pieces = zip(REFUSAL_REPLY[:n], score.byte_probs[:n], strict=True)
+            job.deliver(("bytes", [GeneratedByte(b, p) for b, p in pieces]))
+        self._finish(job, ("done", ("stop" if n == len(REFUSAL_REPLY) - 1 else "max_new_tokens", n)))
 
     def _drop(self, job: Job) -> None:
         if job.stream is not None:

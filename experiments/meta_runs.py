@@ -1,0 +1,57 @@
+"""Launch the router-entropy ("metacognition") runs of issue 13: plain `tilelli train` commands.
+
+The original system trained an auxiliary loss on router entropy and hoped routing would become
+a signal of not knowing. Ours is `router_entropy_weight` (tilelli/model/config.py): the weight
+times the mean per-token router entropy, minimised on in-domain training text. Each run
+continues the shipped Lite FP32 with the same protocol, differing only in the weight, so that
+weight 0 is the control for what the fine-tuning alone does:
+
+- 100 steps x batch 4 x 1,024 bytes = 410 K bytes of TinyStories train, Muon 1e-3, 10 warm-up
+  steps, cosine to 1e-4, weight decay 0.1, seed 0; validation on the first 204,800 bytes of
+  valid (50 windows) at the end. One thread, one lane: ~50 min in all on this machine.
+- weights 0 (control), 0.1 and 1.0 (the CE it competes with is ~0.97 nats/byte).
+
+Then `benchmarks/probe.py --checkpoint RUN/checkpoints/step-0000100 ...` measures whether router
+entropy became a better out-of-domain signal, and the valid bpb says what it cost.
+
+    python experiments/meta_runs.py --runs-dir ~/tl/runs --data ~/tl/data/tinystories
+    python experiments/meta_runs.py --dry-run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ab_runs import LITE, Run, final_valid_bpb, launch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTOCOL = {"steps": 100, "warmup": 10, "batch_size": 4, "seq_len": 1024, "min_lr": 1e-4, "weight_decay": 0.1,
+            "eval_every": 100, "eval_batches": 50, "ckpt_every": 50, "keep_last": 2}
+WEIGHTS = (0.0, 0.1, 1.0)
+
+
+def meta_run(weight: float) -> Run:
+    return Run(f"meta-{LITE}-w{weight:g}", LITE, "muon", 1e-3, protocol=tuple(PROTOCOL.items()),
+               init_from=str(ROOT / "checkpoints" / LITE),
+               overrides=("max_seq_len=1024", f"router_entropy_weight={weight:g}"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs-dir", default="runs/meta", type=Path, help="where run directories go")
+    parser.add_argument("--data", default="data/tinystories", help="`tilelli prepare` output")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = parser.parse_args()
+    runs = [meta_run(w) for w in WEIGHTS]
+    for run in runs:
+        print(launch(run, args.runs_dir, args.data, args.threads, args.dry_run), flush=True)
+    print(json.dumps({r.name: final_valid_bpb(args.runs_dir / r.name) for r in runs}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
