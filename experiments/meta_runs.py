@@ -16,6 +16,7 @@ entropy became a better out-of-domain signal, and the valid bpb says what it cos
 
     python experiments/meta_runs.py --runs-dir ~/tl/runs --data ~/tl/data/tinystories
     python experiments/meta_runs.py --dry-run
+    python experiments/meta_runs.py --weight 0.1 ...   # one run only
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ def main() -> None:
     parser.add_argument("--data", default="data/tinystories", help="`tilelli prepare` output")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--weight", type=float, choices=WEIGHTS,
+                        help="run only the run of this weight (e.g. one per CPU lane)")
     args = parser.parse_args()
-    runs = [meta_run(w) for w in WEIGHTS]
+    runs = [meta_run(w) for w in WEIGHTS if args.weight is None or w == args.weight]
     for run in runs:
         print(launch(run, args.runs_dir, args.data, args.threads, args.dry_run), flush=True)
     print(json.dumps({r.name: final_valid_bpb(args.runs_dir / r.name) for r in runs}, indent=1))
