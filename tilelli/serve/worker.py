@@ -11,10 +11,6 @@ Each job's results go to its `deliver` callback, called on the worker thread wit
 at a time (the server passes a callback that hands them to the asyncio loop):
 
     ("abstain", float)        the abstain probability, first, when the job asked for it
-
-A chat job with an abstain rule (tilelli.chat.abstain) is decided before it joins the batch:
-above the threshold its reply is the refusal, delivered at once; below it the job decodes with
-the refusal's opening byte banned when that byte would commit it to the refusal.
     ("bytes", [GeneratedByte])  bytes that became final in a step
     ("done", (stop_reason, generated_bytes))  last event of a job that ran
     ("error", (status, message))  last event of a job that could not run or failed: HTTP
@@ -23,6 +19,10 @@ the refusal's opening byte banned when that byte would commit it to the refusal.
 
 A cancelled job gets no further events; its sequence (and its caches) leave the batch before
 the next forward call.
+
+A chat job with an abstain rule (tilelli.chat.abstain) is decided before it joins the batch:
+above the threshold its reply is the refusal, delivered at once; below it the job decodes with
+the refusal's opening byte banned as its first byte.
 """
 
 from __future__ import annotations
