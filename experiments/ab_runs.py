@@ -171,15 +171,22 @@ def jobs(phase: str, runs_dir: Path, wait: bool = True) -> list[Callable[[], lis
     return [*(lambda r=r: [r] for r in plan("main", runs_dir)), qat_when_ready, *later]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--phase", required=True, choices=("sweep", "seeds", "parent", "main", "qat", "rest"))
-    parser.add_argument("--runs-dir", default="runs/ab", type=Path, help="where run directories go")
-    parser.add_argument("--data", default="data/tinystories", help="`tilelli prepare` output")
-    parser.add_argument("--lanes", type=int, default=2, help="runs at a time")
+def launcher_parser(doc: str, runs_dir: str, data: str = "data/tinystories",
+                    data_help: str = "`tilelli prepare` output") -> argparse.ArgumentParser:
+    """The options every run launcher of experiments/ shares."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--runs-dir", default=runs_dir, type=Path, help="where run directories go")
+    parser.add_argument("--data", default=data, help=data_help)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
-    parser.add_argument("--only", default="", help="run only the runs whose name contains this")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    return parser
+
+
+def main() -> None:
+    parser = launcher_parser(__doc__, "runs/ab")
+    parser.add_argument("--phase", required=True, choices=("sweep", "seeds", "parent", "main", "qat", "rest"))
+    parser.add_argument("--lanes", type=int, default=2, help="runs at a time")
+    parser.add_argument("--only", default="", help="run only the runs whose name contains this")
     args = parser.parse_args()
     def lane(job: Callable[[], list[Run]]) -> list[str]:
         names = []

@@ -42,7 +42,6 @@ Lite FP32). Rerunning resumes whatever is unfinished.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -50,7 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab_runs import LITE, VANILLA, Run, final_valid_bpb, launch  # noqa: E402
+from ab_runs import LITE, VANILLA, Run, final_valid_bpb, launch, launcher_parser  # noqa: E402
 
 CONTEXT = 1024
 LONG = {"steps": 1000, "warmup": 50, "batch_size": 4, "seq_len": CONTEXT, "eval_every": 250,
@@ -86,11 +85,7 @@ def cont_run(model: str) -> Run:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs-dir", default="runs/base", type=Path, help="where run directories go")
-    parser.add_argument("--data", default="data/tinystories", help="`tilelli prepare` output")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser = launcher_parser(__doc__, "runs/base")
     parser.add_argument("--only", default="", help="run only the run of this name (the others are skipped)")
     parser.add_argument("--qat", choices=FROM_SHIPPED,
                         help="run only this QAT run, from the shipped Lite FP32 checkpoint")

@@ -27,7 +27,6 @@ then runs chat-lite-ternary. Rerunning resumes whatever is unfinished.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -35,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab_runs import LITE, VANILLA, Run, final_valid_bpb, launch  # noqa: E402
+from ab_runs import LITE, VANILLA, Run, final_valid_bpb, launch, launcher_parser  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SFT = {"steps": 300, "warmup": 20, "batch_size": 4, "seq_len": 1024, "min_lr": 1e-4, "weight_decay": 0.1,
@@ -50,11 +49,7 @@ def chat_run(name: str, model: str, source: Path) -> Run:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs-dir", default="runs/chat", type=Path, help="where run directories go")
-    parser.add_argument("--data", default="data/chat", help="`tilelli prepare-chat` output")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser = launcher_parser(__doc__, "runs/chat", "data/chat", "`tilelli prepare-chat` output")
     args = parser.parse_args()
     qat_dir = args.runs_dir / QAT_SOURCE
     runs = {"lite": chat_run("chat-lite-fp32", LITE, ROOT / "checkpoints" / LITE),

@@ -21,13 +21,12 @@ entropy became a better out-of-domain signal, and the valid bpb says what it cos
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab_runs import LITE, Run, final_valid_bpb, launch  # noqa: E402
+from ab_runs import LITE, Run, final_valid_bpb, launch, launcher_parser  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = {"steps": 100, "warmup": 10, "batch_size": 4, "seq_len": 1024, "min_lr": 1e-4, "weight_decay": 0.1,
@@ -42,11 +41,7 @@ def meta_run(weight: float) -> Run:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs-dir", default="runs/meta", type=Path, help="where run directories go")
-    parser.add_argument("--data", default="data/tinystories", help="`tilelli prepare` output")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser = launcher_parser(__doc__, "runs/meta")
     parser.add_argument("--weight", type=float, choices=WEIGHTS,
                         help="run only the run of this weight (e.g. one per CPU lane)")
     args = parser.parse_args()
