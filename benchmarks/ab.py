@@ -93,6 +93,15 @@ def _bpb(r: dict | None, key: str = "final_valid_bpb") -> str:
     return f"{r[key]:.4f}" if r else "not run"
 
 
+def mean_sd(values: list[float]) -> str:
+    """"mean ± sample sd" of a few seeds' bpb, or "" for fewer than two."""
+    if len(values) < 2:
+        return ""
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.4f} ± {sd:.4f}"
+
+
 def markdown(a: dict) -> str:
     lines = ["### Learning-rate and optimizer sweep (200 steps x 16 x 256 bytes, seed 0)", "",
              "| model | optimizer | lr | valid bpb | median tokens/s (1 thread) |", "|---|---|---:|---:|---:|"]
@@ -106,10 +115,7 @@ def markdown(a: dict) -> str:
                   "| model | setting | " + " | ".join(f"seed {s}" for s in (0, *SEEDS)) + " | mean ± sd |",
                   "|---|---|" + "---:|" * (len(SEEDS) + 2)]
         for m, s in a["seeds"].items():
-            vals = [r["final_valid_bpb"] for r in s["runs"] if r]
-            mean = sum(vals) / len(vals)
-            sd = (sum((v - mean) ** 2 for v in vals) / max(len(vals) - 1, 1)) ** 0.5
-            summary = f"{mean:.4f} ± {sd:.4f}" if len(vals) > 1 else ""
+            summary = mean_sd([r["final_valid_bpb"] for r in s["runs"] if r])
             lines.append(f"| `{m}` | {s['setting']} | " + " | ".join(_bpb(r) for r in s["runs"]) + f" | {summary} |")
     if "welch_lite_minus_vanilla" in a:
         w = a["welch_lite_minus_vanilla"]

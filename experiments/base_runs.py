@@ -30,11 +30,19 @@ Protocol, and why:
   steps (2.46 M bytes; 6.55 M in all, 1.87 epochs), a warm restart: fresh optimizer, Muon
   re-warmed over 30 steps to 1e-3 (half the first peak), cosine to 1e-4, weight decay 0.1,
   the same data and windows. Lite FP32 and vanilla get the identical recipe.
+- **Seeds** (session 5, `--seeds`): the long A/B with seeds. Seeds 1 and 2 of both long runs,
+  the exact protocol of the shipped pair (seed 0), so the Welch test has three 4.10 M-byte
+  runs per model: past the 3 M bytes at which vanilla has long left its ~3 bpb plateau (1.45
+  bpb at step 1,000), and the cheapest such set, since seed 0 is already trained. Lane 1 runs
+  Lite s1 then vanilla s2, lane 2 vanilla s1 then Lite s2: ~160 min per lane at the shipped
+  runs' speeds (957 and 775 tokens/s on one thread), and a complete second seed of each after
+  the first ~90 min.
 
     python experiments/base_runs.py --runs-dir ~/tl/runs --data ~/tl/data/tinystories
     python experiments/base_runs.py --dry-run          # print the commands
     python experiments/base_runs.py --cont tilelli-lite-fp32 --runs-dir ~/tl/runs --data ~/tl/data/tinystories
     python experiments/base_runs.py --qat qat-1250-wd0 --runs-dir ~/tl/runs --data ~/tl/data/tinystories
+    python experiments/base_runs.py --seeds --runs-dir ~/tl/runs --data ~/tl/data/tinystories
 
 Lane 1 runs Lite FP32, then `qat-wd0.1`; lane 2 runs vanilla, then `qat-wd0` (which waits for
 Lite FP32). Rerunning resumes whatever is unfinished.
@@ -65,8 +73,13 @@ CONT = {**LONG, "steps": 600, "warmup": 30, "min_lr": 1e-4, "eval_every": 150}
 CONT_SETTING = ("muon", 1e-3)
 
 
-def long_run(model: str) -> Run:
-    return Run(f"long-{model}", model, *SETTING, protocol=tuple(LONG.items()),
+SEEDS = (1, 2)  # seed 0 is the shipped long run itself
+
+
+def long_run(model: str, seed: int = 0) -> Run:
+    """The shipped long run of `model`; with another seed, its replicate for the seeded A/B."""
+    name = f"long-{model}" + (f"-s{seed}" if seed else "")
+    return Run(name, model, *SETTING, seed=seed, protocol=tuple(LONG.items()),
                overrides=(f"max_seq_len={CONTEXT}",))
 
 
@@ -90,7 +103,16 @@ def main() -> None:
     parser.add_argument("--qat", choices=FROM_SHIPPED,
                         help="run only this QAT run, from the shipped Lite FP32 checkpoint")
     parser.add_argument("--cont", choices=(LITE, VANILLA), help="run only the continuation of this shipped model")
+    parser.add_argument("--seeds", action="store_true", help="run only the long runs' seeds 1 and 2 (two lanes)")
     args = parser.parse_args()
+    if args.seeds:
+        one, two = SEEDS
+        lanes = [(long_run(LITE, one), long_run(VANILLA, two)), (long_run(VANILLA, one), long_run(LITE, two))]
+        with ThreadPoolExecutor(2) as pool:
+            for lines in pool.map(lambda runs: [launch(r, args.runs_dir, args.data, args.threads, args.dry_run)
+                                                for r in runs], lanes):
+                print("\n".join(lines), flush=True)
+        return
     if args.cont:
         print(launch(cont_run(args.cont), args.runs_dir, args.data, args.threads, args.dry_run))
         return

@@ -30,15 +30,6 @@ from tilelli.train.trainer import TrainConfig, Trainer  # noqa: E402
 ARITHMETIC, RETRAIN = 1e-9, 0.01
 
 
-def leaves(obj: object, prefix: str = "") -> dict[str, object]:
-    """Every number and string in a nested JSON value, keyed by its path."""
-    if isinstance(obj, dict):
-        return {k: v for key, val in obj.items() for k, v in leaves(val, f"{prefix}{key}.").items()}
-    if isinstance(obj, list):
-        return {k: v for i, val in enumerate(obj) for k, v in leaves(val, f"{prefix}{i}.").items()}
-    return {prefix.rstrip("."): obj}
-
-
 def retrain(name: str, checker: Checker) -> None:
     """Train the recorded run again from scratch and compare its final valid bpb."""
     info = json.loads((RUN_COPIES / name / "run.json").read_text())
@@ -60,13 +51,7 @@ def main() -> int:
     ap.add_argument("--retrain", action="append", default=[], metavar="RUN", help="also re-train this run")
     args = ap.parse_args()
     checker = Checker()
-    published = leaves(json.loads((RESULTS / "ab.json").read_text()))
-    now = leaves(json.loads(json.dumps(analyse(RUN_COPIES))))  # through JSON: tuples become lists
-    for key in sorted(set(published) | set(now)):
-        pub, got = published.get(key), now.get(key)
-        numeric = isinstance(pub, float) and isinstance(got, float)
-        if numeric or pub != got:
-            checker.check(key, pub, got, ARITHMETIC if numeric else None)
+    checker.check_json(json.loads((RESULTS / "ab.json").read_text()), analyse(RUN_COPIES), ARITHMETIC)
     for name in args.retrain:
         retrain(name, checker)
     return checker.finish("A/B")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -31,9 +32,29 @@ class Checker:
             self.failures.append(what)
         return ok
 
+    def check_json(self, published: dict, recomputed: dict, tolerance: float) -> None:
+        """Every number of a published JSON result against the same path of its recomputation,
+        to a relative `tolerance`; a key in one but not the other, or a changed string, fails."""
+        published_leaves = leaves(published)
+        now = leaves(json.loads(json.dumps(recomputed)))  # through JSON: tuples become lists
+        for key in sorted(set(published_leaves) | set(now)):
+            pub, got = published_leaves.get(key), now.get(key)
+            numeric = isinstance(pub, float) and isinstance(got, float)
+            if numeric or pub != got:
+                self.check(key, pub, got, tolerance if numeric else None)
+
     def finish(self, subject: str) -> int:
         if self.failures:
             print(f"{len(self.failures)} number(s) did not reproduce: {', '.join(self.failures)}", file=sys.stderr)
             return 1
         print(f"all {subject} numbers reproduce")
         return 0
+
+
+def leaves(obj: object, prefix: str = "") -> dict[str, object]:
+    """Every number and string in a nested JSON value, keyed by its path."""
+    if isinstance(obj, dict):
+        return {k: v for key, val in obj.items() for k, v in leaves(val, f"{prefix}{key}.").items()}
+    if isinstance(obj, list):
+        return {k: v for i, val in enumerate(obj) for k, v in leaves(val, f"{prefix}{i}.").items()}
+    return {prefix.rstrip("."): obj}

@@ -1,0 +1,133 @@
+"""The base models' runs (experiments/base_runs.py): the long pair, the QAT sweep and the seeded A/B.
+
+Reads each run's metrics.jsonl and run.json (the copies under benchmarks/results/runs/base/,
+or a live runs dir with --runs) and writes benchmarks/results/base.json and base.md:
+  - every run's valid bpb at each validation, in 1,024-byte windows on the first 204,800 bytes
+    of the valid slice (what the trainer validates on);
+  - the QAT sweep: each ternary twin's final valid bpb against its FP32 source;
+  - the seeded A/B: Lite FP32 vs vanilla, seeds 0-2 of the shipped long protocol (seed 0 is the
+    shipped run), Welch's t-test of Lite minus vanilla with the difference's 95 % CI and Hedges' g.
+The shipped checkpoints' whole-valid-slice numbers are in quality.md.
+
+    python benchmarks/base_models.py --runs ~/tl/runs --collect --readme   # copy records, tabulate
+    python benchmarks/base_models.py                                      # tabulate the committed copies
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+from ab import RESULTS, RUN_COPIES, mean_sd, record  # noqa: E402
+from ab_runs import LITE, VANILLA  # noqa: E402
+from base_runs import QAT_STEPS, QAT_WEIGHT_DECAY, SEEDS, long_run  # noqa: E402
+from samples import readme_with  # noqa: E402
+
+from tilelli.train.runs import METRICS_FILE, RUN_FILE  # noqa: E402
+from tilelli.train.stats import welch  # noqa: E402
+
+BASE_COPIES = RUN_COPIES / "base"
+README = ROOT / "README.md"
+MARKERS = ("<!-- base:start (benchmarks/base_models.py writes this block) -->", "<!-- base:end -->")
+SHIPPED_TWIN = "qat-1250-wd0"
+QAT_RUNS = ("qat-wd0.1", "qat-wd0", "qat-long-wd0", SHIPPED_TWIN)  # in the order they were run
+
+
+def seed_names(model: str) -> list[str]:
+    return [long_run(model, seed).name for seed in (0, *SEEDS)]
+
+
+def analyse(runs: Path) -> dict:
+    longs = {m: [record(runs / name) for name in seed_names(m)] for m in (LITE, VANILLA)}
+    source = longs[LITE][0]
+    qat = {}
+    for name in QAT_RUNS:
+        r = record(runs / name)
+        if r:
+            r["weight_decay"] = json.loads((runs / name / RUN_FILE).read_text())["train"]["weight_decay"]
+            r["gap_vs_lite_fp32"] = r["final_valid_bpb"] / source["final_valid_bpb"] - 1 if source else None
+        qat[name] = r
+    out: dict = {"long": {m: rows[0] for m, rows in longs.items()}, "qat": qat, "seeds": longs}
+    finals = {m: [r["final_valid_bpb"] for r in rows if r] for m, rows in longs.items()}
+    if all(len(v) == 1 + len(SEEDS) for v in finals.values()):
+        out["welch_lite_minus_vanilla"] = welch(finals[LITE], finals[VANILLA]).to_dict()
+    return out
+
+
+def _curve(r: dict) -> str:
+    return ", ".join(f"{step}: {bpb:.4f}" for step, bpb in r["valid_curve"])
+
+
+def markdown(a: dict) -> str:
+    lines = ["Valid bpb on the first 204,800 bytes of the valid slice in 1,024-byte windows, as the runs "
+             "validated (one CPU thread per run, two runs side by side):", "",
+             "| run | bytes | valid bpb by step | final | vs Lite FP32 |", "|---|---:|---|---:|---:|"]
+    for r in a["long"].values():
+        if r:
+            lines.append(f"| `{r['run']}` ({r['optimizer']} {r['lr']:g}) | {r['tokens'] / 1e6:.2f} M | {_curve(r)} | "
+                         f"{r['final_valid_bpb']:.4f} | |")
+    for name, r in a["qat"].items():
+        if r:
+            start = "the shipped bf16 checkpoint" if name in QAT_STEPS else "its step 1000"
+            what = (f"Lite FP32 ({start}) + {r['steps']:,} ternary steps, weight decay {r['weight_decay']:g}"
+                    + (", **shipped twin**" if name == SHIPPED_TWIN else ""))
+            gap = f"{r['gap_vs_lite_fp32']:+.1%}" if r["gap_vs_lite_fp32"] is not None else ""
+            lines.append(f"| `{name}`: {what} | +{r['tokens'] / 1e6:.2f} M | {_curve(r)} | "
+                         f"{r['final_valid_bpb']:.4f} | {gap} |")
+    lines += ["", "**Seeded A/B at the long protocol** (1,000 steps x 4 x 1,024 bytes = 4.10 M bytes each, "
+              "Muon 2e-3; seed 0 is the shipped run; final valid bpb):", "",
+              "| model | " + " | ".join(f"seed {s}" for s in (0, *SEEDS)) + " | mean ± sd |",
+              "|---|" + "---:|" * (len(SEEDS) + 2)]
+    for model, rows in a["seeds"].items():
+        cells = [f"{r['final_valid_bpb']:.4f}" if r else "not run yet" for r in rows]
+        summary = mean_sd([r["final_valid_bpb"] for r in rows if r])
+        lines.append(f"| `{model}` | " + " | ".join(cells) + f" | {summary} |")
+    if "welch_lite_minus_vanilla" in a:
+        w = a["welch_lite_minus_vanilla"]
+        lines += ["", f"**Welch's t-test, Lite minus vanilla** ({w['n_a']} vs {w['n_b']} seeds, 4.10 M bytes each): "
+                  f"difference {w['diff']:+.4f} bpb (95 % CI {w['diff_ci'][0]:+.4f} to {w['diff_ci'][1]:+.4f}), "
+                  f"t = {w['t']:.2f}, df = {w['df']:.1f}, p = {w['p']:.2g}; Hedges' g = {w['hedges_g']:.2f} "
+                  f"(95 % CI {w['hedges_g_ci'][0]:.2f} to {w['hedges_g_ci'][1]:.2f}). Negative = Lite lower (better)."]
+    else:
+        lines += ["", "Welch's test needs all three seeds of both models; the runs not run yet are the "
+                  "ones `python experiments/base_runs.py --seeds` still has to finish."]
+    return "\n".join(lines) + "\n"
+
+
+def collect(runs: Path) -> None:
+    """Copy the run.json and metrics.jsonl (not the checkpoints) of every finished run this
+    table reads into BASE_COPIES."""
+    for name in (*seed_names(LITE), *seed_names(VANILLA), *QAT_WEIGHT_DECAY):
+        if record(runs / name):
+            dest = BASE_COPIES / name
+            dest.mkdir(parents=True, exist_ok=True)
+            for file in (RUN_FILE, METRICS_FILE):
+                shutil.copy2(runs / name / file, dest / file)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=Path, default=BASE_COPIES, help="run directories (default: the committed copies)")
+    ap.add_argument("--collect", action="store_true", help=f"first copy the finished runs' records into {BASE_COPIES}")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--readme", action="store_true", help="also rewrite the README's base-models block")
+    args = ap.parse_args()
+    if args.collect:
+        collect(args.runs)
+    result = analyse(BASE_COPIES if args.collect else args.runs)
+    block = markdown(result)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "base.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "base.md").write_text(block)
+    if args.readme:
+        README.write_text(readme_with(block, README.read_text(), MARKERS))
+    print(block)
+
+
+if __name__ == "__main__":
+    main()
