@@ -47,6 +47,8 @@ def test_invalid_config_values_raise():
         from_name("tilelli-fp32", n_pathways=4)
     with pytest.raises(TilelliError, match="n_banks"):
         from_name("tilelli-fp32", n_banks=0)
+    with pytest.raises(TilelliError, match=r"dropout=1.0 must be in \[0, 1\)"):
+        from_name("tilelli-lite-fp32", dropout=1.0)
 
 
 def stepwise_logits(model, idx, prompt_len):
@@ -218,3 +220,18 @@ def test_fp32_and_ternary_share_parameters():
     tern.load_state_dict(fp.state_dict())  # same names and shapes: one checkpoint, two ways to run it
     idx = torch.randint(0, 256, (1, 20))
     assert not torch.allclose(fp(idx).logits, tern(idx).logits)
+
+
+@pytest.mark.parametrize("name", ["tilelli-lite-fp32", "tilelli-fp32", "vanilla-fp32"])
+def test_dropout_acts_in_training_only_and_adds_no_parameters(name):
+    torch.manual_seed(0)
+    plain = build_model(tiny(name))
+    dropped = build_model(tiny(name, dropout=0.3))
+    dropped.load_state_dict(plain.state_dict())  # strict: the same parameters and buffers
+    idx = torch.randint(0, 256, (2, 24))
+    with torch.no_grad():
+        assert torch.equal(dropped.eval()(idx).logits, plain.eval()(idx).logits)
+        dropped.train()
+        a, b = dropped(idx).logits, dropped(idx).logits
+    assert not torch.allclose(a, b)  # a fresh mask every call
+    assert not torch.allclose(a, plain(idx).logits)

@@ -235,17 +235,20 @@ def test_full_disk_during_checkpoint_keeps_the_previous_one(data_dir, tmp_path, 
 
 def test_init_from_fp32_checkpoint_is_quantization_aware_fine_tuning(data_dir, tmp_path, capsys):
     """The "same checkpoint twice": FP32 weights continued with quantize=True start exactly
-    from the FP32 weights, with a fresh optimizer and schedule; another architecture is refused."""
+    from the FP32 weights, with a fresh optimizer and schedule (and may add dropout); another
+    architecture is refused."""
     fp32 = tmp_path / "fp32"
     assert main(train_args(data_dir, fp32, "--steps", "4", "--eval-every", "0")) == 0
     source = tilelli.load(fp32)
     qat = tmp_path / "qat"
-    cfg = TrainConfig(model="tilelli-lite-ternary", overrides=TINY, data=str(data_dir), out=str(qat), steps=1,
+    cfg = TrainConfig(model="tilelli-lite-ternary", overrides={**TINY, "dropout": 0.1}, data=str(data_dir),
+                      out=str(qat), steps=1,
                       batch_size=4, seq_len=32, lr=1e-9, warmup=0, eval_every=0, init_from=str(fp32), quiet=True)
     trainer = Trainer(cfg)
     trainer.setup()
     try:
-        assert trainer.raw_model.config.ternary.quantize and trainer.step == 0
+        assert trainer.raw_model.config.ternary.quantize and trainer.raw_model.config.dropout == 0.1
+        assert trainer.step == 0
         for (name, a), b in zip(trainer.raw_model.state_dict().items(), source.state_dict().values(), strict=True):
             assert torch.equal(a, b), name
         trainer.train()

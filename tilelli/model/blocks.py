@@ -47,6 +47,12 @@ def router_entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(probs * probs.clamp_min(1e-12).log()).sum(-1)
 
 
+def residual_dropout(cfg: ModelConfig) -> nn.Module:
+    """Dropout on a residual branch's output; no module at all when off, so a model without
+    dropout computes exactly what it did before the option existed."""
+    return nn.Dropout(cfg.dropout) if cfg.dropout else nn.Identity()
+
+
 def make_pathway(name: str, cfg: ModelConfig) -> nn.Module:
     d, opts = cfg.d_model, cfg.ternary
     out_std = 0.02 / math.sqrt(2 * cfg.n_layers)  # residual-branch outputs start small (GPT-2)
@@ -76,6 +82,7 @@ class RoutedBlock(nn.Module):
         self.router = nn.Linear(cfg.d_model, len(self.names) * cfg.n_banks)
         nn.init.normal_(self.router.weight, std=0.02)
         nn.init.zeros_(self.router.bias)
+        self.drop = residual_dropout(cfg)
         self.paths = nn.ModuleDict({
             n: nn.ModuleList([make_pathway(n, cfg) for _ in range(cfg.n_banks)]) for n in self.names
         })
@@ -115,7 +122,7 @@ class RoutedBlock(nn.Module):
                 continue  # never needed anywhere in this call: not computed
             y = self._run_pathway(i, h, probs, cache, pos)
             if not dropped:
-                out = out + weights[..., i:i + 1] * y
+                out = out + self.drop(weights[..., i:i + 1] * y)
         usage = mass.mean((0, 1))  # (P,)
         aux = cfg.balance_weight * ((usage - 1.0 / P) ** 2).mean()
         if nb > 1:
@@ -137,13 +144,14 @@ class VanillaBlock(nn.Module):
                                     cfg.ternary, out_std)
         self.ln2 = nn.LayerNorm(d)
         self.mlp = Dense(d, cfg.expand, cfg.ternary, out_std)
+        self.drop = residual_dropout(cfg)
 
     def init_cache(self, batch_size: int, max_len: int, device: torch.device) -> list[Any]:
         return [self.attn.init_cache(batch_size, max_len, device)]
 
     def forward(self, x: torch.Tensor, cache: list | None = None, pos: int = 0) -> tuple[torch.Tensor, BlockStats]:
-        x = x + self.attn(self.ln1(x), cache[0] if cache is not None else None, pos)
-        x = x + self.mlp(self.ln2(x))
+        x = x + self.drop(self.attn(self.ln1(x), cache[0] if cache is not None else None, pos))
+        x = x + self.drop(self.mlp(self.ln2(x)))
         return x, BlockStats(x.new_zeros(()))
 
 

@@ -40,8 +40,8 @@ class TernaryOptions:
                 raise TilelliError(f"invalid ternary options: {f.name}={getattr(self, f.name)!r}; {problem}")
 
 
-# Loss weights: how a model is trained, not what it is. `--init-from` may change them.
-LOSS_WEIGHT_FIELDS = ("balance_weight", "bank_balance_weight", "router_entropy_weight")
+# How a model is trained, not what it is: loss weights and dropout. `--init-from` may change them.
+TRAINING_FIELDS = ("balance_weight", "bank_balance_weight", "router_entropy_weight", "dropout")
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,9 @@ class ModelConfig:
     # (nats), minimised on in-domain training text so routing is sharp where the model knows the
     # data and, the hope goes, stays uncertain where it does not; 0 = off (issue 13 measures it)
     router_entropy_weight: float = 0.0
+    # dropout on the embeddings and on every residual branch's output, in training only (nanoGPT's
+    # placement, less its attention-weight dropout): the regulariser for several epochs of small data
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -111,6 +114,8 @@ class ModelConfig:
             bad("n_banks, top_k_routing and router_entropy_weight need a routed block (arch 'lite' or 'parent')")
         if self.router_entropy_weight < 0:
             bad(f"router_entropy_weight={self.router_entropy_weight} must be >= 0")
+        if not 0.0 <= self.dropout < 1.0:
+            bad(f"dropout={self.dropout} must be in [0, 1)")
 
     @property
     def head_dim(self) -> int:

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tilelli.errors import TilelliError
-from tilelli.model.blocks import make_block, router_entropy
+from tilelli.model.blocks import make_block, residual_dropout, router_entropy
 from tilelli.model.config import ModelConfig
 from tilelli.model.ternary import TernaryEmbedding, TernaryLinear, TernaryModule
 
@@ -57,6 +57,7 @@ class LM(nn.Module):
         d = config.d_model
         self.tok_emb = TernaryEmbedding(config.vocab_size, d, config.ternary, std=1.0 / math.sqrt(d))
         self.pos_emb = nn.Parameter(torch.randn(config.max_seq_len, d) * 0.02)
+        self.drop = residual_dropout(config)
         self.blocks = nn.ModuleList([make_block(config) for _ in range(config.n_layers)])
         self.norm_f = nn.LayerNorm(d)
         self.head = TernaryLinear(d, config.vocab_size, config.ternary)
@@ -87,7 +88,7 @@ class LM(nn.Module):
         if start + T > limit:
             raise TilelliError(f"sequence of {start + T} bytes exceeds the context of {limit}; "
                                "use a shorter input")
-        x = self.tok_emb(idx) + self.pos_emb[start:start + T]  # (B, T, C)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb[start:start + T])  # (B, T, C)
         aux = x.new_zeros(())
         router_probs = []
         for i, block in enumerate(self.blocks):

@@ -48,7 +48,7 @@ import torch.nn as nn
 
 from tilelli.errors import Interrupted, TilelliError
 from tilelli.model import checkpoint
-from tilelli.model.config import LOSS_WEIGHT_FIELDS, ModelConfig, list_configs
+from tilelli.model.config import TRAINING_FIELDS, ModelConfig, list_configs
 from tilelli.model.models import LM, build_model
 from tilelli.train.config import TrainConfig  # defined torch-free (the CLI checks it first); used from here
 from tilelli.train.data import ByteBatches, open_bin
@@ -417,14 +417,14 @@ class Trainer:
 
     def _init_weights(self, ckpt: Path) -> None:
         """Copy the weights of `ckpt` into the new model. The architectures must match; the
-        ternary options (and the loss weights) may differ, so an FP32 checkpoint continued with
+        ternary options (and the loss weights and dropout) may differ, so an FP32 checkpoint continued with
         `quantize=True` is quantization-aware fine-tuning of the same weights."""
         source = ModelConfig.from_dict(checkpoint.read_config(ckpt)["model"])
-        same = {"ternary": self.model_cfg.ternary, **{f: getattr(self.model_cfg, f) for f in LOSS_WEIGHT_FIELDS}}
+        same = {"ternary": self.model_cfg.ternary, **{f: getattr(self.model_cfg, f) for f in TRAINING_FIELDS}}
         diff = _config_diff(source.replace(**same).to_dict(), self.model_cfg.to_dict())
         if diff:
             raise TilelliError(f"--init-from {ckpt} has another architecture than {self.cfg.model} "
-                               f"({'; '.join(diff)}); only the ternary options and loss weights may differ")
+                               f"({'; '.join(diff)}); only the ternary options, loss weights and dropout may differ")
         try:
             self.raw_model.load_state_dict(checkpoint.load(ckpt).state_dict())
         except RuntimeError as e:  # e.g. a packed source (no latent weights) or an LSQ scale on one side
