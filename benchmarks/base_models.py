@@ -84,7 +84,7 @@ def markdown(a: dict) -> str:
               "| model | " + " | ".join(f"seed {s}" for s in (0, *SEEDS)) + " | mean ± sd |",
               "|---|" + "---:|" * (len(SEEDS) + 2)]
     for model, rows in a["seeds"].items():
-        cells = [f"{r['final_valid_bpb']:.4f}" if r else "not run yet" for r in rows]
+        cells = [f"{r['final_valid_bpb']:.4f}" if r else "not finished" for r in rows]
         summary = mean_sd([r["final_valid_bpb"] for r in rows if r])
         lines.append(f"| `{model}` | " + " | ".join(cells) + f" | {summary} |")
     if "welch_lite_minus_vanilla" in a:
@@ -94,8 +94,8 @@ def markdown(a: dict) -> str:
                   f"t = {w['t']:.2f}, df = {w['df']:.1f}, p = {w['p']:.2g}; Hedges' g = {w['hedges_g']:.2f} "
                   f"(95 % CI {w['hedges_g_ci'][0]:.2f} to {w['hedges_g_ci'][1]:.2f}). Negative = Lite lower (better)."]
     else:
-        lines += ["", "Welch's test needs all three seeds of both models; the runs not run yet are the "
-                  "ones `python experiments/base_runs.py --seeds` still has to finish."]
+        lines += ["", "Welch's test waits for all three seeds of both models: "
+                  "`python experiments/base_runs.py --seeds` runs (or resumes) the unfinished ones."]
     return "\n".join(lines) + "\n"
 
 
