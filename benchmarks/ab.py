@@ -148,10 +148,14 @@ def markdown(a: dict) -> str:
 def collect(runs: Path) -> None:
     """Copy every finished run's run.json and metrics.jsonl (not its checkpoints) into RUN_COPIES."""
     for run in sorted(p for p in runs.iterdir() if (p / RUN_FILE).is_file() and record(p)):
-        dest = RUN_COPIES / run.name
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in (RUN_FILE, METRICS_FILE):
-            shutil.copy2(run / name, dest / name)
+        copy_record(run, RUN_COPIES / run.name)
+
+
+def copy_record(run: Path, dest: Path) -> None:
+    """A run's run.json and metrics.jsonl, not its checkpoints: what a table is recomputed from."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (RUN_FILE, METRICS_FILE):
+        shutil.copy2(run / name, dest / name)
 
 
 def plots(a: dict, runs: Path, out: Path) -> list[Path]:

@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
-from ab import RESULTS, RUN_COPIES, mean_sd, record  # noqa: E402
+from ab import RESULTS, RUN_COPIES, copy_record, mean_sd, record  # noqa: E402
 from ab_runs import LITE, VANILLA  # noqa: E402
 from base_runs import QAT_STEPS, QAT_WEIGHT_DECAY, SEEDS, long_run  # noqa: E402
 from samples import readme_with  # noqa: E402
 
-from tilelli.train.runs import METRICS_FILE, RUN_FILE  # noqa: E402
+from tilelli.train.runs import RUN_FILE  # noqa: E402
 from tilelli.train.stats import welch  # noqa: E402
 
 BASE_COPIES = RUN_COPIES / "base"
@@ -104,10 +103,7 @@ def collect(runs: Path) -> None:
     table reads into BASE_COPIES."""
     for name in (*seed_names(LITE), *seed_names(VANILLA), *QAT_WEIGHT_DECAY):
         if record(runs / name):
-            dest = BASE_COPIES / name
-            dest.mkdir(parents=True, exist_ok=True)
-            for file in (RUN_FILE, METRICS_FILE):
-                shutil.copy2(runs / name / file, dest / file)
+            copy_record(runs / name, BASE_COPIES / name)
 
 
 def main() -> None:
