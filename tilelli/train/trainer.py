@@ -71,7 +71,9 @@ def grad_groups(model: LM) -> dict[str, list[nn.Parameter]]:
         if hasattr(block, "paths"):
             parts = {**block.paths, "router": block.router}
         else:
-            parts = {n: m for n, m in block.named_children() if not isinstance(m, nn.LayerNorm)}
+            # parameterless children (dropout) are no component; their norm would read as "not learning"
+            parts = {n: m for n, m in block.named_children()
+                     if not isinstance(m, nn.LayerNorm) and any(True for _ in m.parameters())}
         for name, module in parts.items():
             groups.setdefault(name, []).extend(module.parameters())
     taken = {id(p) for ps in groups.values() for p in ps}
