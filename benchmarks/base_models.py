@@ -5,6 +5,8 @@ or a live runs dir with --runs) and writes benchmarks/results/base.json and base
   - every run's valid bpb at each validation, in 1,024-byte windows on the first 204,800 bytes
     of the valid slice (what the trainer validates on);
   - the QAT sweep: each ternary twin's final valid bpb against its FP32 source;
+  - the continuations of the shipped Lite FP32 (plain, with dropout, with the stories data):
+    whether more epochs help once 3.5 MB is overfitted;
   - the seeded A/B: Lite FP32 vs vanilla, seeds 0-2 of the shipped long protocol (seed 0 is the
     shipped run), Welch's t-test of Lite minus vanilla with the difference's 95 % CI and Hedges' g.
 The shipped checkpoints' whole-valid-slice numbers are in quality.md.
@@ -24,10 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 from ab import RESULTS, RUN_COPIES, copy_record, mean_sd, record  # noqa: E402
 from ab_runs import LITE, VANILLA  # noqa: E402
-from base_runs import QAT_STEPS, QAT_WEIGHT_DECAY, SEEDS, long_run  # noqa: E402
+from base_runs import CONT_VARIANTS, QAT_STEPS, QAT_WEIGHT_DECAY, SEEDS, cont_run, long_run  # noqa: E402
 from samples import readme_with  # noqa: E402
 
-from tilelli.train.runs import RUN_FILE  # noqa: E402
+from tilelli.train.runs import RUN_FILE, read_metrics  # noqa: E402
 from tilelli.train.stats import welch  # noqa: E402
 
 BASE_COPIES = RUN_COPIES / "base"
@@ -35,6 +37,8 @@ README = ROOT / "README.md"
 MARKERS = ("<!-- base:start (benchmarks/base_models.py writes this block) -->", "<!-- base:end -->")
 SHIPPED_TWIN = "qat-1250-wd0"
 QAT_RUNS = ("qat-wd0.1", "qat-wd0", "qat-long-wd0", SHIPPED_TWIN)  # in the order they were run
+CONT_RUNS = [cont_run(LITE, v).name for v in CONT_VARIANTS]
+TRAIN_TAIL = 50  # steps over which a run's last train bpb is averaged
 
 
 def seed_names(model: str) -> list[str]:
@@ -51,7 +55,17 @@ def analyse(runs: Path) -> dict:
             r["weight_decay"] = json.loads((runs / name / RUN_FILE).read_text())["train"]["weight_decay"]
             r["gap_vs_lite_fp32"] = r["final_valid_bpb"] / source["final_valid_bpb"] - 1 if source else None
         qat[name] = r
-    out: dict = {"long": {m: rows[0] for m, rows in longs.items()}, "qat": qat, "seeds": longs}
+    cont = {}
+    for name in CONT_RUNS:
+        r = record(runs / name)
+        if r:
+            info = json.loads((runs / name / RUN_FILE).read_text())
+            tail = read_metrics(runs / name)[0][-TRAIN_TAIL:]
+            r["train_bpb_tail"] = sum(t["bpb"] for t in tail) / len(tail)
+            r["dropout"] = info["model"].get("dropout", 0.0)
+            r["train_sha256"] = info["data"]["train_sha256"]
+        cont[name] = r
+    out: dict = {"qat": qat, "cont": cont, "seeds": longs}
     finals = {m: [r["final_valid_bpb"] for r in rows if r] for m, rows in longs.items()}
     if all(len(v) == 1 + len(SEEDS) for v in finals.values()):
         out["welch_lite_minus_vanilla"] = welch(finals[LITE], finals[VANILLA]).to_dict()
@@ -66,8 +80,8 @@ def markdown(a: dict) -> str:
     lines = ["Valid bpb on the first 204,800 bytes of the valid slice in 1,024-byte windows, as the runs "
              "validated (one CPU thread per run, two runs side by side):", "",
              "| run | bytes | valid bpb by step | final | vs Lite FP32 |", "|---|---:|---|---:|---:|"]
-    for r in a["long"].values():
-        if r:
+    for rows in a["seeds"].values():
+        if r := rows[0]:
             lines.append(f"| `{r['run']}` ({r['optimizer']} {r['lr']:g}) | {r['tokens'] / 1e6:.2f} M | {_curve(r)} | "
                          f"{r['final_valid_bpb']:.4f} | |")
     for name, r in a["qat"].items():
@@ -78,6 +92,19 @@ def markdown(a: dict) -> str:
             gap = f"{r['gap_vs_lite_fp32']:+.1%}" if r["gap_vs_lite_fp32"] is not None else ""
             lines.append(f"| `{name}`: {what} | +{r['tokens'] / 1e6:.2f} M | {_curve(r)} | "
                          f"{r['final_valid_bpb']:.4f} | {gap} |")
+    if any(a["cont"].values()):
+        lines += ["", "**Continuations of the shipped Lite FP32** (+600 steps = +2.46 M bytes, Muon re-warmed to "
+                  "1e-3, cosine to 1e-4; train bpb is the mean of the last "
+                  f"{TRAIN_TAIL} steps, measured with dropout on where the run has it):", "",
+                  "| run | train data | dropout | train bpb | valid bpb by step | final | vs shipped |",
+                  "|---|---|---:|---:|---|---:|---:|"]
+        start = a["seeds"][LITE][0]
+        for name, r in a["cont"].items():
+            if r:
+                data = "TinyStories + stories" if "stories" in name else "TinyStories"
+                gap = f"{r['final_valid_bpb'] - start['final_valid_bpb']:+.4f}" if start else ""
+                lines.append(f"| `{name}` | {data} | {r['dropout']:g} | {r['train_bpb_tail']:.3f} | {_curve(r)} | "
+                             f"{r['final_valid_bpb']:.4f} | {gap} |")
     lines += ["", "**Seeded A/B at the long protocol** (1,000 steps x 4 x 1,024 bytes = 4.10 M bytes each, "
               "Muon 2e-3; seed 0 is the shipped run; final valid bpb):", "",
               "| model | " + " | ".join(f"seed {s}" for s in (0, *SEEDS)) + " | mean ± sd |",
@@ -101,7 +128,7 @@ def markdown(a: dict) -> str:
 def collect(runs: Path) -> None:
     """Copy the run.json and metrics.jsonl (not the checkpoints) of every finished run this
     table reads into BASE_COPIES."""
-    for name in (*seed_names(LITE), *seed_names(VANILLA), *QAT_WEIGHT_DECAY):
+    for name in (*seed_names(LITE), *seed_names(VANILLA), *QAT_WEIGHT_DECAY, *CONT_RUNS):
         if record(runs / name):
             copy_record(runs / name, BASE_COPIES / name)
 

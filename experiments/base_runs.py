@@ -30,6 +30,14 @@ Protocol, and why:
   steps (2.46 M bytes; 6.55 M in all, 1.87 epochs), a warm restart: fresh optimizer, Muon
   re-warmed over 30 steps to 1e-3 (half the first peak), cosine to 1e-4, weight decay 0.1,
   the same data and windows. Lite FP32 and vanilla get the identical recipe.
+- **Continuation variants** (session 6, `--cont MODEL --variant V`): the session-3
+  continuation went 1.353 -> 1.293 on the head, no better than its start, while train bpb fell
+  to 0.9-1.0: 3.5 MB seen twice is overfitted. The variants test the two remedies the issue
+  names, each alone on the identical recipe: `dropout0.1` (dropout 0.1 on embeddings and every
+  residual branch), `stories` (the 3.3 MB of `../shared/data/stories/` added to the train data,
+  6.8 MB in all, so 2.46 M bytes are 0.36 of an epoch of it; valid is still TinyStories), and
+  `stories-dropout0.1`; the plain continuation is rerun beside them, since its session-3 run
+  directory is lost.
 - **Seeds** (session 5, `--seeds`): the long A/B with seeds. Seeds 1 and 2 of both long runs,
   the exact protocol of the shipped pair (seed 0), so the Welch test has three 4.10 M-byte
   runs per model: past the 3 M bytes at which vanilla has long left its ~3 bpb plateau (1.45
@@ -41,6 +49,16 @@ Protocol, and why:
     python experiments/base_runs.py --runs-dir ~/tl/runs --data ~/tl/data/tinystories
     python experiments/base_runs.py --dry-run          # print the commands
     python experiments/base_runs.py --cont tilelli-lite-fp32 --runs-dir ~/tl/runs --data ~/tl/data/tinystories
+    python experiments/base_runs.py --cont tilelli-lite-fp32 --variant dropout0.1 \
+        --runs-dir ~/tl/runs --data ~/tl/data/tinystories
+    tilelli prepare ../shared/data/tinystories/TinyStories-train.head2MiB.txt \
+        ../shared/data/tinystories/TinyStoriesV2-GPT4-train.head10k-lines.txt \
+        ../shared/data/stories/babylm2023_test_cbt.test \
+        ../shared/data/stories/babylm2023_test_children_stories.test \
+        --valid ../shared/data/tinystories/TinyStories-valid.head800KB.no-story-delims.txt \
+        --out ~/tl/data/tinystories+stories
+    python experiments/base_runs.py --cont tilelli-lite-fp32 --variant stories \
+        --runs-dir ~/tl/runs --data ~/tl/data/tinystories+stories
     python experiments/base_runs.py --qat qat-1250-wd0 --runs-dir ~/tl/runs --data ~/tl/data/tinystories
     python experiments/base_runs.py --seeds --runs-dir ~/tl/runs --data ~/tl/data/tinystories
 
@@ -71,6 +89,9 @@ QAT_STEPS = {"qat-long-wd0": 500, "qat-1250-wd0": 1250}  # the others: QAT["step
 FROM_SHIPPED = tuple(QAT_STEPS)  # QAT runs that start from the shipped Lite FP32 checkpoint
 CONT = {**LONG, "steps": 600, "warmup": 30, "min_lr": 1e-4, "eval_every": 150}
 CONT_SETTING = ("muon", 1e-3)
+# Session 6: what the continuation needs to keep improving past 1.17 epochs: dropout, more text.
+CONT_VARIANTS = {"": (), "dropout0.1": ("dropout=0.1",), "stories": (), "stories-dropout0.1": ("dropout=0.1",)}
+STORIES = ("babylm2023_test_cbt.test", "babylm2023_test_children_stories.test")
 
 
 SEEDS = (1, 2)  # seed 0 is the shipped long run itself
@@ -91,10 +112,22 @@ def qat_run(name: str, source: Path) -> Run:
                overrides=(f"max_seq_len={CONTEXT}",))
 
 
-def cont_run(model: str) -> Run:
+def cont_run(model: str, variant: str = "") -> Run:
+    """The continuation of shipped `model`; a variant adds dropout and/or asks for the stories data."""
     shipped = Path(__file__).resolve().parents[1] / "checkpoints" / model
-    return Run(f"cont-{model}", model, *CONT_SETTING, protocol=tuple(CONT.items()), init_from=str(shipped),
-               overrides=(f"max_seq_len={CONTEXT}",))
+    return Run(f"cont-{model}" + (f"-{variant}" if variant else ""), model, *CONT_SETTING,
+               protocol=tuple(CONT.items()), init_from=str(shipped),
+               overrides=(f"max_seq_len={CONTEXT}", *CONT_VARIANTS[variant]))
+
+
+def check_stories_data(data: str) -> None:
+    """A stories variant trained on data without the stories would be mislabelled: refuse it."""
+    meta = Path(data) / "meta.json"
+    names = {Path(s["path"]).name for s in json.loads(meta.read_text())["sources"]} if meta.is_file() else set()
+    if not set(STORIES) <= names:
+        print(f"error: {data} does not hold {', '.join(STORIES)}; prepare it with the command in "
+              "this file's docstring and pass it as --data", file=sys.stderr)
+        sys.exit(2)
 
 
 def main() -> None:
@@ -103,25 +136,10 @@ def main() -> None:
     parser.add_argument("--qat", choices=FROM_SHIPPED,
                         help="run only this QAT run, from the shipped Lite FP32 checkpoint")
     parser.add_argument("--cont", choices=(LITE, VANILLA), help="run only the continuation of this shipped model")
+    parser.add_argument("--variant", choices=tuple(CONT_VARIANTS), default="",
+                        help="with --cont: add dropout 0.1 and/or train on the stories data too")
     parser.add_argument("--seeds", action="store_true", help="run only the long runs' seeds 1 and 2 (two lanes)")
     args = parser.parse_args()
-    if args.seeds:
-        one, two = SEEDS
-        lanes = [(long_run(LITE, one), long_run(VANILLA, two)), (long_run(VANILLA, one), long_run(LITE, two))]
-        with ThreadPoolExecutor(2) as pool:
-            for lines in pool.map(lambda runs: [launch(r, args.runs_dir, args.data, args.threads, args.dry_run)
-                                                for r in runs], lanes):
-                print("\n".join(lines), flush=True)
-        return
-    if args.cont:
-        print(launch(cont_run(args.cont), args.runs_dir, args.data, args.threads, args.dry_run))
-        return
-    lite = long_run(LITE)
-    source = args.runs_dir / lite.name / "checkpoints" / f"step-{lite.steps:07d}"
-    if args.qat:
-        shipped = Path(__file__).resolve().parents[1] / "checkpoints" / LITE
-        print(launch(qat_run(args.qat, shipped), args.runs_dir, args.data, args.threads, args.dry_run))
-        return
 
     def go(run: Run) -> str:
         if args.only and args.only != run.name:
@@ -129,6 +147,26 @@ def main() -> None:
         line = launch(run, args.runs_dir, args.data, args.threads, args.dry_run)
         print(line, flush=True)
         return run.name
+
+    if args.seeds:
+        one, two = SEEDS
+        lanes = [(long_run(LITE, one), long_run(VANILLA, two)), (long_run(VANILLA, one), long_run(LITE, two))]
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda runs: [go(r) for r in runs], lanes))
+        return
+    if args.variant and not args.cont:
+        parser.error("--variant needs --cont")
+    if args.cont:
+        if "stories" in args.variant:
+            check_stories_data(args.data)
+        go(cont_run(args.cont, args.variant))
+        return
+    lite = long_run(LITE)
+    source = args.runs_dir / lite.name / "checkpoints" / f"step-{lite.steps:07d}"
+    if args.qat:
+        shipped = Path(__file__).resolve().parents[1] / "checkpoints" / LITE
+        go(qat_run(args.qat, shipped))
+        return
 
     def lane(first: Run, qat: str) -> list[str]:
         names = [go(first)]
