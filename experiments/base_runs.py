@@ -37,7 +37,7 @@ Protocol, and why:
   residual branch), `stories` (the 3.3 MB of `../shared/data/stories/` added to the train data,
   6.8 MB in all, so 2.46 M bytes are 0.36 of an epoch of it; valid is still TinyStories), and
   `stories-dropout0.1`; the plain continuation is rerun beside them, since its session-3 run
-  directory is lost.
+  directory is lost (the rerun ended at 1.279, not 1.293: base.md has all four).
 - **Seeds** (session 5, `--seeds`): the long A/B with seeds. Seeds 1 and 2 of both long runs,
   the exact protocol of the shipped pair (seed 0), so the Welch test has three 4.10 M-byte
   runs per model: past the 3 M bytes at which vanilla has long left its ~3 bpb plateau (1.45
