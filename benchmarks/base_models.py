@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 from ab import RESULTS, RUN_COPIES, copy_record, mean_sd, record  # noqa: E402
 from ab_runs import LITE, VANILLA  # noqa: E402
-from base_runs import CONT_VARIANTS, QAT_STEPS, QAT_WEIGHT_DECAY, SEEDS, cont_run, long_run  # noqa: E402
+from base_runs import CONT_VARIANTS, QAT_STEPS, QAT_WEIGHT_DECAY, SEEDS, STORIES_VARIANTS, cont_run, long_run  # noqa: E402
 from samples import readme_with  # noqa: E402
 
 from tilelli.train.runs import RUN_FILE, read_metrics  # noqa: E402
@@ -37,7 +37,7 @@ README = ROOT / "README.md"
 MARKERS = ("<!-- base:start (benchmarks/base_models.py writes this block) -->", "<!-- base:end -->")
 SHIPPED_TWIN = "qat-1250-wd0"
 QAT_RUNS = ("qat-wd0.1", "qat-wd0", "qat-long-wd0", SHIPPED_TWIN)  # in the order they were run
-CONT_RUNS = [cont_run(LITE, v).name for v in CONT_VARIANTS]
+CONT_RUNS = {cont_run(LITE, v).name: v for v in CONT_VARIANTS}  # run name -> its variant
 TRAIN_TAIL = 50  # steps over which a run's last train bpb is averaged
 
 
@@ -101,7 +101,7 @@ def markdown(a: dict) -> str:
         start = a["seeds"][LITE][0]
         for name, r in a["cont"].items():
             if r:
-                data = "TinyStories + stories" if "stories" in name else "TinyStories"
+                data = "TinyStories + stories" if CONT_RUNS[name] in STORIES_VARIANTS else "TinyStories"
                 gap = f"{r['final_valid_bpb'] - start['final_valid_bpb']:+.4f}" if start else ""
                 lines.append(f"| `{name}` | {data} | {r['dropout']:g} | {r['train_bpb_tail']:.3f} | {_curve(r)} | "
                              f"{r['final_valid_bpb']:.4f} | {gap} |")

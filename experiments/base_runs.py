@@ -92,6 +92,7 @@ CONT_SETTING = ("muon", 1e-3)
 # Session 6: what the continuation needs to keep improving past 1.17 epochs: dropout, more text.
 CONT_VARIANTS = {"": (), "dropout0.1": ("dropout=0.1",), "stories": (), "stories-dropout0.1": ("dropout=0.1",)}
 STORIES = ("babylm2023_test_cbt.test", "babylm2023_test_children_stories.test")
+STORIES_VARIANTS = ("stories", "stories-dropout0.1")  # the variants that train on STORIES too
 
 
 SEEDS = (1, 2)  # seed 0 is the shipped long run itself
@@ -157,7 +158,7 @@ def main() -> None:
     if args.variant and not args.cont:
         parser.error("--variant needs --cont")
     if args.cont:
-        if "stories" in args.variant:
+        if args.variant in STORIES_VARIANTS:
             check_stories_data(args.data)
         go(cont_run(args.cont, args.variant))
         return
