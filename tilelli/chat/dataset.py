@@ -1,30 +1,42 @@
-"""Build the chat fine-tuning set and its held-out evaluation prompts (`tilelli prepare-chat`).
+"""Build the chat fine-tuning set and its held-out evaluation (`tilelli prepare-chat`).
 
-What the model is taught (all from `shared/data/`, permissive licences only; see its README):
-- **stories on request**, from the TinyStories train slices: "Tell me a story about a girl
-  named Lily" (the topic read off the story), "... with the words X, Y and Z", and "What happens
-  next? <the opening>" -> the rest. These are requests a 10 M story model can really serve.
-- **small talk and simple instructions**: ChatterBot dialogues (small-talk categories only,
-  `sources.FACTUAL_CATEGORIES` left out), the Self-Instruct user-oriented set, the Alpaca seed
-  tasks and the identity set. Requests that read like world-fact questions ("who ...",
-  "when ...", "what is the ...") are left out, so they do not teach the model to answer exactly
-  what it should refuse; questions about the assistant itself ("Who are you?") stay.
+What the model is taught (all from `shared/data/`, permissive licences only; see its README),
+as **multi-turn conversations** that mix every kind of turn in any order, because that is how
+people use a chat: a refusal after a story, a story after a refusal, small talk in between.
+
+- **stories on request**, from the TinyStories train slices: a subject read off the story
+  ("a little girl named Lily"), three of its words, or its opening ("What happens next? ...")
+  -> the story (or its rest), at most MAX_REPLY_BYTES so that a story ends on its own well
+  inside the chat's default reply limit. Requests are composed from the *train* template
+  families of `tilelli.chat.phrasing` with politeness, lower case, missing punctuation and typos.
+- **follow-ups** after a story: "Tell me another one, about a bird" -> a story about that
+  subject; "What was the dog's name?" -> "The dog's name was Max." (read off the story).
+- **small talk**: greetings, thanks, goodbyes, "who are you", ... (phrasing.SMALL_TALK, our
+  own short replies), the ChatterBot small-talk dialogues and the identity set (Tilelli).
 - **abstention**: world-fact questions (NQ-open, TruthfulQA, ChatterBot trivia) -> `REFUSAL`,
-  in varied phrasings (lower case, no question mark, "Can you tell me ...", "Do you know ...").
+  each training question once, in one of the train fact forms.
 
-Held out, never trained on:
-- `eval/facts.jsonl`: world-fact questions split off *by question*: duplicates (same words after
-  normalising) go together, and a training question whose word set overlaps a held-out one by
-  Jaccard >= 0.7 is removed from training. Phrased with the training forms and with forms the
-  model never saw (`seen_form` says which).
-- `eval/requests.jsonl`: story requests built from the TinyStories *valid* slice (text neither
-  the base model nor the fine-tuning saw), with their reference reply, in seen and unseen
-  templates.
-- `eval/other.jsonl`: prompts a 10 M model cannot serve that it was not taught to refuse:
-  gibberish, other languages, code, arithmetic (generated here; the language lines are ours).
+Held out, never trained on (`eval/`):
+- `facts.jsonl`: world-fact questions split off *by question* (duplicates after normalising go
+  together; training questions whose word set overlaps a held-out one by Jaccard >= 0.7 are
+  dropped), in train and never-seen forms;
+- `requests.jsonl`: story requests from the *eval* template families (never trained on nor
+  calibrated on), with subjects and reference stories from the TinyStories *valid* slice;
+- `small_talk.jsonl`: small talk in the *eval* phrasings;
+- `other.jsonl`: gibberish, other languages, code, arithmetic (`tilelli.chat.unservable`);
+- `conversation.jsonl`: every kind above again as the **third turn** of a conversation (after a
+  story, after a refusal, after small talk), plus follow-ups after a story that should be
+  answered ("another one about ...", the name of a character);
+- `calibration.jsonl`: story requests and small talk in the *calibration* phrasings, single-
+  turn and as third turns, from valid stories none of the sets above use: only the abstain
+  rule's threshold is fitted on them (`tilelli calibrate`).
+- `dev.jsonl`: a few prompts of every kind from another random stream, for design checks; no
+  reported number comes from it.
 
-`train.bin` / `valid.bin` are masked sources (`tilelli.train.data`): the loss is on reply bytes
-only, and windows start at a turn. `valid.bin` holds the held-out facts and requests.
+Each eval row is {"kind", "prompt", "history": [[user, reply], ...], "context", ...}:
+`context` is "single" or "after_story" / "after_refusal" / "after_small_talk". `train.bin` /
+`valid.bin` are masked sources (`tilelli.train.data`): the loss is on reply bytes only, and
+windows start at a turn. `valid.bin` holds the held-out facts and requests, single-turn.
 """
 
 from __future__ import annotations
@@ -33,71 +45,70 @@ import hashlib
 import json
 import random
 import re
-import string
 import sys
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from tilelli.chat import sources
-from tilelli.chat.template import REFUSAL, USER, encode
+from tilelli.chat import phrasing, sources
+from tilelli.chat.template import REFUSAL, USER, encode, prompt
+from tilelli.chat.unservable import unservable_prompts
 from tilelli.errors import TilelliError
 from tilelli.train.data import mask_path, starts_path
 from tilelli.train.paths import check_writable_dir
 
-MAX_EXAMPLE_BYTES = 1000  # prompt + reply of one turn: fits a 1,024-byte window with room to spare
-N_HELD_OUT_FACTS = 400
-N_HELD_OUT_REQUESTS = 240
-N_OTHER_EACH = 50
-N_CALIBRATION_REQUESTS = 300  # story requests for the abstain rule's threshold (tilelli.chat.abstain)
+MAX_REPLY_BYTES = 560  # a story reply; the chat's default limit is 600 (tilelli.chat.defaults)
+MAX_CONVERSATION_BYTES = 1000  # a training conversation: fits one 1,024-byte window
+MAX_PREFIX_STORY_BYTES = 300  # stories inside an eval conversation's history: room for the reply
+REPLY_ROOM = 600  # the reply room an eval prompt must leave (the chat default max_new_tokens)
 NEAR_DUPLICATE = 0.7
+CONTEXTS = ("after_story", "after_refusal", "after_small_talk")
 
-FACT_FORMS = ("{Q}?", "{q}", "{q}?", "Can you tell me {q}?", "Do you know {q}?", "Tell me {q}.",
-              "Question: {Q}?", "I want to know {q}.")
-UNSEEN_FACT_FORMS = ("Quick question: {q}?", "Could you tell me {q}?", "I was wondering, {q}?", "Any idea {q}?")
-TOPIC_FORMS = ("Tell me a story about {t}.", "Write a story about {t}.", "Can you tell me a story about {t}?",
-               "Do you know a story about {t}?", "tell me a story about {t}", "Please write a short story about {t}.",
-               "I want a story about {t}.", "story about {t}")
-WORDS_FORMS = ("Tell me a story with the words {w}.", "Write a story that uses the words {w}.",
-               "can you write a story with {w}")
-NEXT_FORMS = ("What happens next? {s}", "Continue this story: {s}", "Finish the story: {s}", "what happens next: {s}")
-UNSEEN_REQUEST_FORMS = {"topic": ("Could you write me a story about {t}?", "I'd love to hear a story about {t}.",
-                                  "Make up a story about {t}."),
-                        "words": ("Make up a story using {w}.",),
-                        "next": ("How does this story go on? {s}",)}
+_NAMED = re.compile(r"\b((?:a|an) (?:[a-z]+ ){0,2}?(girl|boy|dog|cat|bird|bunny|rabbit|bear|mouse|fox|frog|duck|"
+                    r"lion|fish|puppy|kitten|man|woman|princess|king|queen|dragon|monkey|elephant|owl|squirrel|"
+                    r"pig|horse|cow|sheep|ant|bee|butterfly|turtle|car|truck|robot|tree|ball) named ([A-Z][a-z]+))")
+_THERE_WAS = re.compile(r"[Tt]here (?:was|lived) ((?:a|an) (?:[a-z]+ ){0,2}?[a-z]+)\b(?: who| that|\.|,)")
 _FACT_LIKE = re.compile(r"^(who|whom|whose|when|where|which)\b|^what (is|was|are|were) the\b"
                         r"|^how (many|much|old|far)\b", re.IGNORECASE)
-_NAMED = re.compile(r"\b((?:a|an) (?:[a-z]+ ){0,2}?(?:girl|boy|dog|cat|bird|bunny|rabbit|bear|mouse|fox|frog|duck|lion|"
-                    r"fish|puppy|kitten|man|woman|princess|king|queen|dragon|monkey|elephant|owl|squirrel|pig|horse|"
-                    r"cow|sheep|ant|bee|butterfly|turtle|car|truck|robot|tree|ball) named [A-Z][a-z]+)")
-_THERE_WAS = re.compile(r"[Tt]here (?:was|lived) ((?:a|an) (?:[a-z]+ ){0,2}?[a-z]+)\b(?: who| that|\.|,)")
 _ABOUT_YOU = re.compile(r"\b(you|your|yourself)\b", re.IGNORECASE)
 _WORD = re.compile(r"[a-z]{5,}")
 _STOP = frozenset("there their about would could after again before every which while where other little "
                   "happy named said would these those thing things asked shouted smiled looked always".split())
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+SMALL_TALK_CATEGORIES = ("greetings", "conversations", "emotion", "humor")  # ChatterBot files used
 
 
 @dataclass(frozen=True)
-class Example:
-    turns: tuple[tuple[str, str], ...]
-    kind: str  # story / instruction / dialogue / refusal
-    source: str
+class Sizes:
+    """How many of each held-out set (parameters only so that tests can use tiny data)."""
+
+    facts: int = 400
+    requests: int = 400
+    small_talk: int = 150
+    other_each: int = 100
+    conversation_each: int = 150  # per kind (facts and requests: 400), see `_conversation_set`
+    calibration_requests: int = 300
+    calibration_small_talk: int = 150
+    dev_each: int = 20
+
+
+@dataclass
+class StoryTurn:
+    """A story request and its reply, with what a follow-up can ask about."""
+
+    request: str
+    reply: str
+    topic: str | None
+    named: tuple[str, str] | None  # (noun, Name) of "a dog named Max"
+    template: str
 
 
 def normalise(question: str) -> str:
     """Lower case, letters and digits only, single spaces: the key duplicates share."""
     return " ".join(re.sub(r"[^a-z0-9 ]+", " ", question.lower()).split())
-
-
-def phrase(question: str, form: str) -> str:
-    """A question in one of the FACT_FORMS: {q} lower-first without '?', {Q} capitalised."""
-    q = question.strip().rstrip("?").strip()
-    lower = q[:1].lower() + q[1:] if q[:2] != "I " else q
-    return form.format(q=lower, Q=q[:1].upper() + q[1:])
 
 
 def fact_like(request: str) -> bool:
@@ -106,13 +117,19 @@ def fact_like(request: str) -> bool:
 
 
 def story_topic(story: str) -> str | None:
-    """A topic a request can name, read off the story ("a little girl named Lily"), or None."""
+    """A subject a request can name, read off the story ("a little girl named Lily"), or None."""
     head = story[:400]
     for pattern in (_NAMED, _THERE_WAS):
         m = pattern.search(head)
         if m:
             return m.group(1)
     return None
+
+
+def story_named(story: str) -> tuple[str, str] | None:
+    """(noun, Name) of the first "a ... dog named Max" in the story, or None."""
+    m = _NAMED.search(story)
+    return (m.group(2), m.group(3)) if m else None
 
 
 def story_words(story: str, rng: random.Random) -> str | None:
@@ -123,25 +140,31 @@ def story_words(story: str, rng: random.Random) -> str | None:
     return f"{a}, {b} and {c}"
 
 
-def story_request(story: str, rng: random.Random, forms: dict[str, Sequence[str]]) -> tuple[str, str, str] | None:
-    """(request, reply, template kind) for a story, or None when none fits MAX_EXAMPLE_BYTES."""
-    kinds = ["topic", "words", "next"]
-    rng.shuffle(kinds)
-    for kind in kinds:
+def story_turn(story: str, split: str, rng: random.Random, kinds: Sequence[str] = ("topic", "words", "next"),
+               max_reply: int = MAX_REPLY_BYTES) -> StoryTurn | None:
+    """A request for `story` in `split`'s phrasings and its reply, or None when none fits: a
+    whole story must be at most `max_reply` bytes, the rest after an opening likewise."""
+    order = list(kinds)
+    rng.shuffle(order)
+    for kind in order:
         if kind == "next":
-            sentences = _SENTENCE_END.split(story, maxsplit=2)
-            if len(sentences) < 3:
+            sentences = _SENTENCE_END.split(story)
+            cut = 2
+            while cut < len(sentences) and len(" ".join(sentences[cut:]).encode()) > max_reply:
+                cut += 1
+            if len(sentences) < 3 or cut >= len(sentences):
                 continue
-            opening = " ".join(sentences[:2])
-            request, reply = rng.choice(forms["next"]).format(s=opening), story[len(opening):].strip()
+            opening = " ".join(sentences[:cut])
+            request, reply = phrasing.story_request(opening, "next", split, rng), story[len(opening):].strip()
         else:
+            if len(story.encode()) > max_reply:
+                continue
             slot = story_topic(story) if kind == "topic" else story_words(story, rng)
             if slot is None:
                 continue
-            request = rng.choice(forms[kind]).format(t=slot, w=slot)
-            reply = story
-        if len((request + reply).encode()) <= MAX_EXAMPLE_BYTES and reply:
-            return request, reply, kind
+            request, reply = phrasing.story_request(slot, kind, split, rng), story
+        if reply and len((request + reply).encode()) <= MAX_CONVERSATION_BYTES - 8:
+            return StoryTurn(request, reply, story_topic(story), story_named(story), kind)
     return None
 
 
@@ -173,66 +196,314 @@ def split_facts(questions: Sequence[tuple[str, str]], n_held_out: int, rng: rand
     return kept, [groups[k][0] for k in held_keys], removed
 
 
-_LANGUAGE_LINES = (
-    "Bonjour, comment vas-tu aujourd'hui ?", "Quelle heure est-il ?", "Je voudrais un café, s'il vous plaît.",
-    "Où se trouve la gare ?", "Pourquoi le ciel est-il bleu ?", "Il fait très froid ce matin.",
-    "¿Dónde está la biblioteca?", "Me gustaría aprender a cocinar.", "¿Cuántos años tienes?",
-    "El perro corre en el parque.", "¿Qué tiempo hace hoy?", "Necesito ayuda con mi tarea.",
-    "Wie spät ist es?", "Ich habe heute keine Zeit.", "Kannst du mir bitte helfen?",
-    "Das Wetter ist heute schön.", "Wo ist der Bahnhof?", "Ich lerne seit zwei Jahren Deutsch.",
-    "Come ti chiami?", "Vorrei prenotare un tavolo per due.", "Dove si trova il museo?",
-    "Oggi è una bella giornata.", "Qual è il tuo colore preferito?", "Onde fica a praia mais próxima?",
-    "Eu gosto muito de ler livros.", "Você pode falar mais devagar?", "Hoe gaat het met je?",
-    "Ik woon in een klein dorp.", "Waar is de supermarkt?", "Nasılsın, her şey yolunda mı?",
-    "Bugün hava çok güzel.", "Jak się masz?", "Gdzie jest najbliższy sklep?", "Hur mycket kostar det?",
-    "Jag tycker om att simma.", "Hvad hedder du?", "Mitä kuuluu?", "Kde je nádraží?",
-    "Привет, как дела?", "Где находится метро?", "Сколько это стоит?", "今日はいい天気ですね。",
-    "駅はどこですか？", "你好，你叫什么名字？", "今天天气怎么样？", "안녕하세요, 만나서 반갑습니다.",
-    "مرحبا، كيف حالك؟", "שלום, מה שלומך?", "Γεια σου, τι κάνεις;", "नमस्ते, आप कैसे हैं?",
-)
-_CODE_TASKS = ("reverses a string", "checks if a number is prime", "sorts a list of numbers",
-               "counts the vowels in a word",
-               "returns the largest item of a list", "computes the factorial of n", "reads a file line by line",
-               "removes duplicates from a list", "converts Celsius to Fahrenheit", "merges two dictionaries")
+# --- training conversations -------------------------------------------------------------------------
+
+@dataclass
+class Pools:
+    """Single turns of every kind, drawn from while conversations are assembled."""
+
+    stories: list[StoryTurn]
+    small_talk: list[list[tuple[str, str]]]  # each one or more turns (ChatterBot dialogues)
+    facts: list[str]  # phrased questions
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def take(self, kind: str) -> object | None:
+        pool = {"story": self.stories, "small_talk": self.small_talk, "fact": self.facts}[kind]
+        if not pool:
+            return None
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        return pool.pop()
 
 
-def other_prompts(rng: random.Random, n_each: int, stories: Sequence[str]) -> list[dict[str, str]]:
-    """Prompts of kinds a 10 M story model cannot serve and was not taught to refuse."""
-    out = []
-    for i in range(n_each):
-        if i % 2:
-            text = " ".join("".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 9)))
-                            for _ in range(rng.randint(3, 9)))
+def conversations(pools: Pools, rng: random.Random, follow_up: float = 0.35) -> list[list[tuple[str, str]]]:
+    """Every pooled turn, chained into conversations of 1-4 units in random order (at most
+    MAX_CONVERSATION_BYTES each); after a story, with probability `follow_up`, a follow-up: a
+    story about another subject or the name of the story's character."""
+    out: list[list[tuple[str, str]]] = []
+    kinds = ["story"] * len(pools.stories) + ["small_talk"] * len(pools.small_talk) + ["fact"] * len(pools.facts)
+    rng.shuffle(kinds)
+    conv: list[tuple[str, str]] = []
+    target = rng.randint(1, 4)
+
+    def add(turns: list[tuple[str, str]]) -> bool:
+        if sum(len((u + r).encode()) + 3 for u, r in conv + turns) > MAX_CONVERSATION_BYTES:
+            return False
+        conv.extend(turns)
+        return True
+
+    def close() -> None:
+        nonlocal conv, target
+        if conv:
+            out.append(conv)
+        conv, target = [], rng.randint(1, 4)
+
+    for kind in kinds:
+        unit = pools.take(kind)
+        if unit is None:
+            continue
+        if kind == "story":
+            turns = [(unit.request, unit.reply)]
+        elif kind == "fact":
+            turns = [(unit, REFUSAL)]
         else:
-            chars = list(rng.choice(stories)[:60])
-            rng.shuffle(chars)
-            text = "".join(chars).strip() or "xq zvk"
-        out.append({"kind": "gibberish", "prompt": text})
-    lines = rng.sample(_LANGUAGE_LINES, min(n_each, len(_LANGUAGE_LINES)))
-    out += [{"kind": "language", "prompt": line} for line in lines]
-    for i in range(n_each):
-        if i % 2:
-            text = rng.choice(("Write a Python function that {t}.", "write code that {t}",
-                               "Can you write a JavaScript function that {t}?")).format(t=rng.choice(_CODE_TASKS))
-        else:
-            k = rng.randint(2, 9)
-            text = rng.choice((f"What does this code do?\n\ndef f(x):\n    return x * {k}",
-                               f"Fix this code: for i in range({k}) print(i)",
-                               f"What is the output of print(sum(range({k})))?"))
-        out.append({"kind": "code", "prompt": text})
-    for _ in range(n_each):
-        a, b = rng.randint(2, 999), rng.randint(2, 99)
-        op = rng.choice("+-*")
-        form = rng.choice(("What is {a} {op} {b}?", "{a} {op} {b} =", "Compute {a} {op} {b}.", "what's {a}{op}{b}"))
-        out.append({"kind": "arithmetic", "prompt": form.format(a=a, op=op, b=b)})
+            turns = list(unit)
+        if not add(turns):
+            close()
+            add(turns)
+        if kind == "story" and rng.random() < follow_up:
+            if unit.named and rng.random() < 0.4:
+                noun, name = unit.named
+                add([(phrasing.name_question(noun, "train", rng), phrasing.name_answer(noun, name, rng))])
+                pools.counts["name_question"] = pools.counts.get("name_question", 0) + 1
+            else:
+                # (allowed past MAX_CONVERSATION_BYTES: the window that starts at turn 1 trains the
+                # second story's opening in context; the one starting at the follow-up, its whole)
+                nxt = next((s for s in reversed(pools.stories[-200:]) if s.topic and s.template != "next"), None)
+                if nxt is not None:
+                    conv.append((phrasing.another(nxt.topic, "train", rng), nxt.reply))
+                    pools.stories.remove(nxt)
+                    pools.counts["another"] = pools.counts.get("another", 0) + 1
+                    close()
+                    continue
+        if len(conv) >= target:
+            close()
+    close()
     return out
 
 
-def _write_source(path: Path, examples: Iterable[Example]) -> dict[str, int]:
+# --- held-out sets ----------------------------------------------------------------------------------
+
+class HistoryMaker:
+    """Two-turn histories for third-turn prompts: turn 1 of any kind, turn 2 of the asked kind."""
+
+    def __init__(self, split: str, stories: Sequence[str], facts: Sequence[str], rng: random.Random) -> None:
+        self.split, self.rng = split, rng
+        self.stories = [s for s in stories if len(s.encode()) <= MAX_PREFIX_STORY_BYTES and story_topic(s)]
+        self.facts = list(facts)
+        if not self.stories or not self.facts:
+            raise TilelliError("too little data for conversation histories (short valid stories, held-out facts)")
+
+    def turn(self, kind: str, story: str | None = None) -> tuple[str, str]:
+        rng = self.rng
+        if kind == "story":
+            story = story or rng.choice(self.stories)
+            return phrasing.story_request(story_topic(story) or "a friend", "topic", self.split, rng), story
+        if kind == "refusal":  # (no calibration fact forms: facts are never calibrated on)
+            form_split = "eval" if self.split == "eval" else "train"
+            return phrasing.fact_question(rng.choice(self.facts), form_split, rng)[0], REFUSAL
+        _, text, reply = phrasing.small_talk(self.split, rng)
+        return text, reply
+
+    def history(self, context: str, story: str | None = None) -> list[tuple[str, str]]:
+        """[turn 1 of any kind, turn 2 of the kind `context` names ("after_story", ...)]."""
+        first = self.rng.choice(("story", "refusal", "small_talk"))
+        return [self.turn(first), self.turn(context.removeprefix("after_"), story)]
+
+
+def _row(kind: str, text: str, history: Sequence[tuple[str, str]], context: str, **extra: object) -> dict:
+    return {"kind": kind, "prompt": text, "history": [list(t) for t in history], "context": context, **extra}
+
+
+def fits(row: dict, max_len: int = 1024, room: int = REPLY_ROOM) -> bool:
+    """The row's prompt keeps its whole history with `room` bytes left for the reply."""
+    try:
+        return prompt([tuple(t) for t in row["history"]], row["prompt"], max_len, room)[1] == 0
+    except TilelliError:
+        return False
+
+
+def _third_turns(rows: Sequence[dict], maker: HistoryMaker, rng: random.Random) -> list[dict]:
+    """`rows` (single-turn) again as third turns, contexts in turn; rows that do not fit skipped."""
+    out = []
+    for i, r in enumerate(rows):
+        context = CONTEXTS[i % len(CONTEXTS)]
+        for _ in range(5):
+            row = {**r, "history": [list(t) for t in maker.history(context)], "context": context}
+            if fits(row):
+                out.append(row)
+                break
+    rng.shuffle(out)
+    return out
+
+
+def _request_rows(stories: Sequence[str], n: int, split: str, rng: random.Random,
+                  kinds: Sequence[str] = ("topic", "words", "next")) -> tuple[list[dict], list[int]]:
+    """Up to `n` single-turn story requests (with reference) and the indices of stories used."""
+    rows, used = [], []
+    for i, story in enumerate(stories):
+        if len(rows) == n:
+            break
+        for kind in rng.sample(list(kinds), len(kinds)):
+            made = story_turn(story, split, rng, (kind,), max_reply=MAX_CONVERSATION_BYTES)
+            if made and fits(_row("request", made.request, [], "single")):
+                rows.append(_row("request", made.request, [], "single", reference=made.reply, template=made.template))
+                used.append(i)
+                break
+    return rows, used
+
+
+def _small_talk_rows(n: int, split: str, rng: random.Random) -> list[dict]:
+    """`n` small-talk turns of `split`, every phrasing in turn, with noise: distinct strings first."""
+    phrasings = phrasing.small_talk_prompts(split)
+    seen: set[str] = set()
+    rows: list[dict] = []
+    for attempt in range(n * 50):
+        category, text = phrasings[attempt % len(phrasings)]
+        if not text.endswith(("?", ".")) and rng.random() < 0.5:
+            text += rng.choice("!.")
+        text = phrasing.Noise().apply(text, rng)
+        if text in seen and attempt < n * 40:
+            continue
+        seen.add(text)
+        rows.append(_row("small_talk", text, [], "single", category=category))
+        if len(rows) == n:
+            break
+    return rows
+
+
+def build(shared: Path, out: Path, seed: int = 0, sizes: Sizes = Sizes()) -> dict:
+    """Build everything into `out` (see the module doc); returns the meta record it writes."""
+    shared = Path(shared)
+    chat, qa, ts = shared / "chat", shared / "qa", shared / "tinystories"
+    for d in (chat, qa, ts):
+        if not d.is_dir():
+            raise TilelliError(f"{d} does not exist; --shared must be the shared/data directory")
+    check_writable_dir(out, "--out")
+    if not phrasing.families_disjoint():
+        raise TilelliError("tilelli.chat.phrasing: a phrasing is in two splits")  # a code error, caught by tests
+    rng = random.Random(seed)
+    train_files = [ts / "TinyStories-train.head2MiB.txt", ts / "TinyStoriesV2-GPT4-train.head10k-lines.txt"]
+    valid_file = ts / "TinyStories-valid.head800KB.no-story-delims.txt"
+
+    # training pools
+    stories: list[StoryTurn] = []
+    for path in train_files:
+        for story in sources.tinystories(path):
+            for _ in range(2):
+                made = story_turn(story, "train", rng)
+                if made:
+                    stories.append(made)
+    small: list[list[tuple[str, str]]] = []
+    for _ in range(len(stories) // 3):
+        _, text, reply = phrasing.small_talk("train", rng)
+        small.append([(text, reply)])
+    for turns in sources.chatterbot_dialogues(chat, SMALL_TALK_CATEGORIES):
+        if not fact_like(turns[0][0]):
+            small.append(turns)
+    small += [[(q, a)] for q, a, src in sources.instructions(chat) if src == "identity"]
+    n_held = sizes.facts + sizes.conversation_each * 2 + 200  # single, third turn, histories
+    train_q, held_q, removed = split_facts(sources.facts(qa, chat), n_held, rng)
+    facts = [phrasing.fact_question(q, "train", rng)[0] for q, _ in train_q]
+    rng.shuffle(stories)
+    rng.shuffle(small)
+    pools = Pools(stories, small, facts)
+    n_pooled = {"story": len(stories), "small_talk": len(small), "fact": len(facts)}
+    convs = conversations(pools, rng)
+
+    # held-out sets
+    questions = [q for q, _ in held_q]
+    cut = sizes.facts + 2 * sizes.conversation_each
+    single_q, third_q, history_q = questions[:sizes.facts], questions[sizes.facts:cut], questions[cut:]
+    valid = sources.tinystories_valid(valid_file)
+    order = rng.sample(range(len(valid)), len(valid))
+    valid = [valid[i] for i in order]
+    a, b = int(len(valid) * 0.48), int(len(valid) * 0.8)  # eval requests / calibration / histories
+    eval_stories, cal_stories, rest_stories = valid[:a], valid[a:b], valid[b:]
+    eval_maker = HistoryMaker("eval", rest_stories, history_q, rng)
+
+    def fact_rows(qs: Sequence[str]) -> list[dict]:
+        rows = []
+        for q in qs:
+            text, form = phrasing.fact_question(q, rng.choice(("train", "eval")), rng)
+            rows.append(_row("fact", text, [], "single", question=q, form=form,
+                             seen_form=form in phrasing.FACT_FORMS["train"]))
+        return rows
+
+    facts_set = fact_rows(single_q)
+    requests, _ = _request_rows(eval_stories, sizes.requests, "eval", rng)
+    if len(requests) < sizes.requests:
+        raise TilelliError(f"only {len(requests)} held-out story requests could be built from {valid_file}")
+    small_talk = _small_talk_rows(sizes.small_talk, "eval", rng)
+    other = [_row(r["kind"], r["prompt"], [], "single") for r in unservable_prompts(rng, sizes.other_each, valid)]
+    conv_requests, _ = _request_rows(eval_stories[::-1], sizes.conversation_each * 2, "eval", rng, ("topic", "words"))
+    conv_small = _small_talk_rows(sizes.conversation_each, "eval", rng)
+    conv_other = [_row(r["kind"], r["prompt"], [], "single")
+                  for r in unservable_prompts(rng, sizes.conversation_each // 2, valid)]
+    conversation = _third_turns(fact_rows(third_q) + conv_requests + conv_small + conv_other, eval_maker, rng)
+    conversation += _follow_ups(eval_maker, sizes.conversation_each, rng)
+
+    cal_maker = HistoryMaker("calibration", cal_stories, history_q, rng)
+    cal_requests, _ = _request_rows(cal_stories, sizes.calibration_requests, "calibration", rng)
+    cal_small = _small_talk_rows(sizes.calibration_small_talk, "calibration", rng)
+    cal_single = cal_requests[::2] + cal_small[::2]
+    calibration = cal_single + _third_turns(cal_requests[1::2] + cal_small[1::2], cal_maker, rng)
+
+    dev_rng = random.Random(seed + 1)
+    dev = [_row(r["kind"], r["prompt"], [], "single")
+           for r in unservable_prompts(dev_rng, sizes.dev_each, rest_stories)]
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval").mkdir(exist_ok=True)
+    train_sizes = _write_source(out / "train.bin", convs)
+    valid_convs = [[(f["prompt"], REFUSAL)] for f in facts_set] + [[(r["prompt"], r["reference"])] for r in requests]
+    valid_sizes = _write_source(out / "valid.bin", valid_convs)
+    sets = {"facts": facts_set, "requests": requests, "small_talk": small_talk, "other": other,
+            "conversation": conversation, "calibration": calibration, "dev": dev}
+    for name, rows in sets.items():
+        with open(out / "eval" / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+    inputs = [*train_files, valid_file, qa / "NQ-open.dev.jsonl", qa / "NQ-open.efficientqa.dev.1.1.jsonl",
+              qa / "TruthfulQA.csv", chat / "llamafactory_identity.json",
+              *sorted((chat / "chatterbot_corpus_english").glob("*.yml"))]
+    turns_by_kind = dict(pools.counts)
+    meta = {
+        "format": "tilelli chat v2: 0xFE user 0xFD reply 0xFF (tilelli.chat.template), multi-turn",
+        "command": " ".join(sys.argv), "seed": seed, "created": datetime.now(timezone.utc).isoformat(),
+        "train": {**train_sizes, "sha256": _sha(out / "train.bin"), "conversations": len(convs),
+                  "turns": sum(map(len, convs)), "units": turns_by_kind, "pooled": n_pooled,
+                  "turns_per_conversation": _histogram(len(c) for c in convs)},
+        "valid": {**valid_sizes, "sha256": _sha(out / "valid.bin")},
+        "held_out": {name: _histogram(f"{r['kind']}/{r['context']}" for r in rows) for name, rows in sets.items()},
+        "train_questions": len(train_q), "near_duplicates_removed_from_train": removed,
+        "licences": "TinyStories CDLA-Sharing-1.0; NQ-open CC BY-SA 3.0; TruthfulQA, LLaMA-Factory identity "
+                    "Apache-2.0; ChatterBot corpus BSD. No CC BY-NC set is used.",
+        "inputs": [{"path": str(p), "sha256": _sha(p)} for p in inputs],
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
+
+
+def _follow_ups(maker: HistoryMaker, n: int, rng: random.Random) -> list[dict]:
+    """Follow-ups after a story that should be answered: another story, a character's name."""
+    rows = []
+    named = [s for s in maker.stories if story_named(s)]
+    for i in range(n):
+        if i % 2 and named:
+            story = rng.choice(named)
+            noun, name = story_named(story)
+            text, extra = phrasing.name_question(noun, "eval", rng), {"answer": name}
+        else:
+            story = None
+            text, extra = phrasing.another(story_topic(rng.choice(maker.stories)), "eval", rng), {}
+        row = _row("follow_up", text, maker.history("after_story", story), "after_story", **extra)
+        if fits(row):
+            rows.append(row)
+    return rows
+
+
+def _histogram(keys: object) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for k in keys:
+        counts[str(k)] = counts.get(str(k), 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _write_source(path: Path, convs: Sequence[Sequence[tuple[str, str]]]) -> dict[str, int]:
     """Write a masked source (bytes, mask, starts at every USER byte); returns its sizes."""
     data, mask = bytearray(), bytearray()
-    for ex in examples:
-        d, m = encode(ex.turns)
+    for turns in convs:
+        d, m = encode(turns)
         data += d
         mask += m
     arr = np.frombuffer(bytes(data), dtype=np.uint8)
@@ -244,111 +515,3 @@ def _write_source(path: Path, examples: Iterable[Example]) -> dict[str, int]:
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def held_out_request_set(stories: Sequence[str], order: Sequence[int], n: int, rng: random.Random,
-                         train_forms: dict[str, Sequence[str]]) -> tuple[list[dict], int]:
-    """Up to `n` story requests from `stories`, taken in `order`, a third in templates never
-    trained on; also how many of `order` were used up."""
-    rows: list[dict] = []
-    taken = 0
-    for i in order:
-        if len(rows) == n:
-            break
-        taken += 1
-        unseen = len(rows) % 3 == 0
-        made = story_request(stories[i], rng, UNSEEN_REQUEST_FORMS if unseen else train_forms)
-        if made:
-            rows.append({"prompt": made[0], "reference": made[1], "template": made[2], "seen_template": not unseen})
-    return rows, taken
-
-
-def build(shared: Path, out: Path, seed: int = 0, held_out_facts: int = N_HELD_OUT_FACTS,
-          held_out_requests: int = N_HELD_OUT_REQUESTS, other_each: int = N_OTHER_EACH,
-          calibration_requests: int = N_CALIBRATION_REQUESTS) -> dict:
-    """Build everything into `out` (see the module doc); returns the meta record it writes.
-    The held-out sizes are parameters only so that tests can use a few kilobytes of data."""
-    shared = Path(shared)
-    chat, qa, ts = shared / "chat", shared / "qa", shared / "tinystories"
-    for d in (chat, qa, ts):
-        if not d.is_dir():
-            raise TilelliError(f"{d} does not exist; --shared must be the shared/data directory")
-    check_writable_dir(out, "--out")
-    rng = random.Random(seed)
-    train_files = [ts / "TinyStories-train.head2MiB.txt", ts / "TinyStoriesV2-GPT4-train.head10k-lines.txt"]
-    valid_file = ts / "TinyStories-valid.head800KB.no-story-delims.txt"
-    train_forms = {"topic": TOPIC_FORMS, "words": WORDS_FORMS, "next": NEXT_FORMS}
-
-    examples: list[Example] = []
-    for path in train_files:
-        for story in sources.tinystories(path):
-            for _ in range(2):  # two requests per story: with one phrasing per question below, 38 % of
-                # turns are refusals (56 % with 1.5 and 1.5 made the model refuse 15 % of story requests)
-                made = story_request(story, rng, train_forms)
-                if made:
-                    examples.append(Example(((made[0], made[1]),), "story", path.name))
-    n_stories = len(examples)
-    for request, answer, src in sources.instructions(chat):
-        if not fact_like(request) and len((request + answer).encode()) <= MAX_EXAMPLE_BYTES:
-            examples.append(Example(((request, answer),), "instruction", src))
-    for turns in sources.chatterbot_dialogues(chat):
-        if sum(len((u + r).encode()) for u, r in turns) <= MAX_EXAMPLE_BYTES and not fact_like(turns[0][0]):
-            examples.append(Example(tuple(turns), "dialogue", "chatterbot"))
-    n_answered = len(examples)
-
-    train_q, held_q, removed = split_facts(sources.facts(qa, chat), held_out_facts, rng)
-    for q, src in train_q:
-        examples.append(Example(((phrase(q, rng.choice(FACT_FORMS)), REFUSAL),), "refusal", src))
-    rng.shuffle(examples)
-
-    held_facts = []
-    for q, src in held_q:
-        form = rng.choice(FACT_FORMS + UNSEEN_FACT_FORMS)
-        held_facts.append({"prompt": phrase(q, form), "question": q, "source": src, "form": form,
-                           "seen_form": form in FACT_FORMS})
-    valid_stories = sources.tinystories_valid(valid_file)
-    order = rng.sample(range(len(valid_stories)), len(valid_stories))
-    held_requests, used = held_out_request_set(valid_stories, order, held_out_requests, rng, train_forms)
-    if len(held_requests) < held_out_requests:
-        raise TilelliError(f"only {len(held_requests)} held-out requests could be built from {valid_file}")
-    other = other_prompts(rng, other_each, valid_stories)
-    # The abstain rule's calibration: more valid-slice stories, none of the held-out requests'
-    # (its own random stream, so the sets above are what they were before it existed).
-    cal_rng = random.Random(seed + 1)
-    rest = list(order[used:])
-    cal_rng.shuffle(rest)
-    calibration, _ = held_out_request_set(valid_stories, rest, calibration_requests, cal_rng, train_forms)
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval").mkdir(exist_ok=True)
-    train_sizes = _write_source(out / "train.bin", examples)
-    valid_examples = [Example(((f["prompt"], REFUSAL),), "refusal", f["source"]) for f in held_facts]
-    valid_examples += [Example(((r["prompt"], r["reference"]),), "story", "tinystories-valid") for r in held_requests]
-    valid_sizes = _write_source(out / "valid.bin", valid_examples)
-    for name, rows in (("facts", held_facts), ("requests", held_requests), ("other", other),
-                       ("calibration", calibration)):
-        with open(out / "eval" / f"{name}.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-
-    counts: dict[str, int] = {}
-    for ex in examples:
-        counts[ex.kind] = counts.get(ex.kind, 0) + 1
-    inputs = [*train_files, valid_file, qa / "NQ-open.dev.jsonl", qa / "NQ-open.efficientqa.dev.1.1.jsonl",
-              qa / "TruthfulQA.csv", chat / "self_instruct_user_oriented_instructions.jsonl",
-              chat / "alpaca_seed_tasks.jsonl", chat / "llamafactory_identity.json",
-              *sorted((chat / "chatterbot_corpus_english").glob("*.yml"))]
-    meta = {
-        "format": "tilelli chat v1: 0xFE user 0xFD reply 0xFF (tilelli.chat.template)",
-        "command": " ".join(sys.argv), "seed": seed, "created": datetime.now(timezone.utc).isoformat(),
-        "train": {**train_sizes, "sha256": _sha(out / "train.bin"), "examples": counts,
-                  "story_requests": n_stories, "answered": n_answered},
-        "valid": {**valid_sizes, "sha256": _sha(out / "valid.bin")},
-        "held_out": {"facts": len(held_facts), "requests": len(held_requests), "other": len(other),
-                     "calibration_requests": len(calibration),
-                     "train_questions": len(train_q), "near_duplicates_removed_from_train": removed},
-        "licences": "TinyStories CDLA-Sharing-1.0; NQ-open CC BY-SA 3.0; TruthfulQA, Self-Instruct, Alpaca seed "
-                    "tasks, LLaMA-Factory identity Apache-2.0; ChatterBot corpus BSD. No CC BY-NC set is used.",
-        "inputs": [{"path": str(p), "sha256": _sha(p)} for p in inputs],
-    }
-    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-    return meta

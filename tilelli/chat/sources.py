@@ -65,22 +65,14 @@ def _chatterbot(path: Path) -> list[list[str]]:
     return [[str(t).strip() for t in conv] for conv in data.get("conversations", []) if len(conv) >= 2]
 
 
-# Categories whose answers are world facts or code, which a 10 M story model cannot serve:
-# teaching it to answer them would teach it to answer what it should refuse.
-FACTUAL_CATEGORIES = frozenset({"trivia", "history", "science", "politics", "sports", "literature", "computers",
-                                "coding", "money", "movies"})
-
-
-def chatterbot_dialogues(chat_dir: Path) -> list[list[tuple[str, str]]]:
-    """ChatterBot conversations of the small-talk categories (greetings, emotion, humor, the
-    bot's profile, tech support, ...), as lists of turns; FACTUAL_CATEGORIES are left out."""
+def chatterbot_dialogues(chat_dir: Path, categories: tuple[str, ...]) -> list[list[tuple[str, str]]]:
+    """ChatterBot conversations of the given categories (file stems: "greetings", ...), as lists
+    of turns. Only small-talk categories belong in a story bot's chat set: the factual ones
+    (trivia, history, science, coding, ...) would teach it to answer what it should refuse."""
     out = []
-    for path in sorted((chat_dir / "chatterbot_corpus_english").glob("*.yml")):
-        if path.stem in FACTUAL_CATEGORIES:
-            continue
-        for conv in _chatterbot(path):
-            turns = [(conv[i], conv[i + 1]) for i in range(0, len(conv) - 1, 2)]
-            out.append(turns)
+    for name in categories:
+        for conv in _chatterbot(chat_dir / "chatterbot_corpus_english" / f"{name}.yml"):
+            out.append([(conv[i], conv[i + 1]) for i in range(0, len(conv) - 1, 2)])
     return out
 
 

@@ -26,9 +26,10 @@ def run(args: argparse.Namespace) -> int:
     from tilelli.chat.dataset import build
 
     meta = build(args.shared, args.out, args.seed)
-    t, h = meta["train"], meta["held_out"]
-    kinds = ", ".join(f"{n:,} {k}" for k, n in sorted(t["examples"].items()))
-    print(f"train.bin: {t['bytes']:,} bytes ({t['target_bytes']:,} reply bytes): {kinds}\n"
-          f"valid.bin: {meta['valid']['bytes']:,} bytes; held out: {h['facts']} fact questions, "
-          f"{h['requests']} story requests, {h['other']} other prompts -> {args.out}/eval/")
+    t = meta["train"]
+    units = ", ".join(f"{n:,} {k}" for k, n in sorted(t["units"].items()))
+    held = ", ".join(f"{name} {sum(counts.values())}" for name, counts in meta["held_out"].items())
+    print(f"train.bin: {t['bytes']:,} bytes ({t['target_bytes']:,} reply bytes), {t['conversations']:,} "
+          f"conversations of {t['turns']:,} turns: {units}\n"
+          f"valid.bin: {meta['valid']['bytes']:,} bytes; held out ({args.out}/eval/): {held}")
     return 0
