@@ -196,6 +196,38 @@ class TernaryModule(nn.Module):
         self._cache = None
 
 
+    @torch.no_grad()
+    def latent_from_trits(self) -> dict[str, torch.Tensor]:
+        """Latent tensors ("weight", and "scale" under LSQ) that quantize back to exactly the
+        packed trits and scales, so quantization-aware training can continue from a packed
+        checkpoint. Under absmean scaling the latent weight is trits x scale / mean|trits| (per
+        tensor or per row): its absmean is the scale, and every nonzero code divided by it
+        rounds back to +-1 (a mean |code| is at most 1)."""
+        if "packed_trits" not in self._buffers:
+            raise ValueError("this layer holds latent weights already")
+        if self.opts.hadamard:
+            raise ValueError("a packed Hadamard-rotated layer has no latent form here; start from its latent weights")
+        t = self.packed_trits.float()  # (rows, cols)
+        if self.opts.lsq:
+            return {"weight": (t * self.packed_scale).reshape(self.packed_shape),
+                    "scale": self.packed_scale.reshape(-1, 1).clone() if self.opts.per_row
+                    else self.packed_scale.reshape(1, 1).clone()}
+        frac = t.abs().mean(dim=1, keepdim=True) if self.opts.per_row else t.abs().mean().reshape(1, 1)
+        return {"weight": (t * self.packed_scale / frac.clamp_min(1e-8)).reshape(self.packed_shape)}
+
+
+def latent_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """`model.state_dict()` with every packed ternary layer replaced by its latent form
+    (`TernaryModule.latent_from_trits`): what `--init-from` a packed checkpoint loads."""
+    state = model.state_dict()
+    for name, m in model.named_modules():
+        if isinstance(m, TernaryModule) and "packed_trits" in m._buffers:
+            prefix = f"{name}." if name else ""
+            del state[prefix + "packed_trits"], state[prefix + "packed_scale"]
+            state.update({prefix + k: v for k, v in m.latent_from_trits().items()})
+    return state
+
+
 class TernaryLinear(TernaryModule):
     """y = x W^T with W ternary-capable; no bias (ternary layers carry none)."""
 

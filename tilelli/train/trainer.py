@@ -50,6 +50,7 @@ from tilelli.errors import Interrupted, TilelliError
 from tilelli.model import checkpoint
 from tilelli.model.config import TRAINING_FIELDS, ModelConfig, list_configs
 from tilelli.model.models import LM, build_model
+from tilelli.model.ternary import latent_state_dict
 from tilelli.train.config import TrainConfig  # defined torch-free (the CLI checks it first); used from here
 from tilelli.train.data import ByteBatches, open_bin
 from tilelli.train.evaluate import evaluate_bpb
@@ -420,16 +421,17 @@ class Trainer:
     def _init_weights(self, ckpt: Path) -> None:
         """Copy the weights of `ckpt` into the new model. The architectures must match; the
         ternary options (and the loss weights and dropout) may differ, so an FP32 checkpoint continued with
-        `quantize=True` is quantization-aware fine-tuning of the same weights."""
+        `quantize=True` is quantization-aware fine-tuning of the same weights, and a packed
+        checkpoint continued with `quantize=True` starts from exactly its ternary model."""
         source = ModelConfig.from_dict(checkpoint.read_config(ckpt)["model"])
         same = {"ternary": self.model_cfg.ternary, **{f: getattr(self.model_cfg, f) for f in TRAINING_FIELDS}}
         diff = _config_diff(source.replace(**same).to_dict(), self.model_cfg.to_dict())
         if diff:
             raise TilelliError(f"--init-from {ckpt} has another architecture than {self.cfg.model} "
                                f"({'; '.join(diff)}); only the ternary options, loss weights and dropout may differ")
-        try:
-            self.raw_model.load_state_dict(checkpoint.load(ckpt).state_dict())
-        except RuntimeError as e:  # e.g. a packed source (no latent weights) or an LSQ scale on one side
+        try:  # a packed source continues from latent weights that quantize back to its trits
+            self.raw_model.load_state_dict(latent_state_dict(checkpoint.load(ckpt)))
+        except (RuntimeError, ValueError) as e:  # e.g. an LSQ scale on one side only
             first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
             raise TilelliError(f"--init-from {ckpt}: its weights do not fit {self.cfg.model} ({first}); "
                                "start from an unpacked checkpoint with the same ternary scale options") from None
