@@ -1,24 +1,27 @@
-"""Does the chat model abstain where it should, and only there? Measured on held-out prompts.
+"""Does the chat model answer what it can and abstain from what it cannot, in conversation too?
 
-For every chat checkpoint (Lite FP32, its ternary twin, vanilla FP32), on the held-out sets of
-`tilelli prepare-chat` (rebuilt here from ../shared/data, and checked to hash to what the
-runs trained next to):
-- **refusals** on 400 world-fact questions never trained on (split by question, near-duplicates
-  removed from training), overall and for phrasings the model saw / never saw;
-- **false refusals** on 240 story requests built from the TinyStories *valid* slice;
-- **refusals of other prompts** it was not taught about: gibberish, other languages, code,
-  arithmetic (50 each);
-- **answer quality**: bits per byte of the reference reply given its request, chat model
-  (chat template) vs its base model (the request, a newline, then the reply), reply bytes only;
-- **abstain probability** (the teacher-forced probability of the whole refusal): its mean on
-  facts and on requests, and the AUROC separating them.
+For every chat checkpoint, on the held-out sets of `tilelli prepare-chat` (rebuilt here from
+../shared/data and checked to hash to what the runs trained on), each prompt is decided and
+answered exactly as a `tilelli chat` session would (`conversation_prompt`, `decide`, the chat
+sampling defaults with a seed per prompt):
 
-Replies are greedy, 48 bytes at most (enough to tell a refusal from anything else); rates have
-Wilson 95 % intervals, bpb a bootstrap over prompts. Writes benchmarks/results/chat.json / .md,
-plus a few sampled conversations (the chat command's defaults, seeded) for the README.
+- **kinds**: world-fact questions (should be refused), story requests from template families
+  never trained on nor calibrated on, small talk in phrasings never seen (both should be
+  answered), gibberish, other languages, code, arithmetic (never taught; should be refused);
+- **contexts**: alone, and as the third turn of a conversation after a story, after a refusal,
+  after small talk; plus follow-ups after a story ("another one about ...", a character's
+  name), which should be answered;
+- **clean replies**: answers holding 12 or more bytes of a refusal, replies that are not valid
+  UTF-8, story answers that end on their own (END before the limit);
+- **answer quality**: bits per byte of the reference stories given their request, chat model
+  (chat template) vs its base model (the request, a newline, then the story);
+- **signals**: AUROC of the refusal probability and of the surprise, answerable vs not.
 
-    python benchmarks/chat_eval.py                      # the shipped chat checkpoints
-    python benchmarks/chat_eval.py --model NAME=CHAT_DIR:BASE_DIR ...   # e.g. runs in progress
+Rates have Wilson 95 % intervals; bpb a bootstrap over prompts. Writes benchmarks/results/
+chat.json / chat.md, with a scripted conversation per model for the README.
+
+    python benchmarks/chat_eval.py                                 # the shipped chat checkpoints
+    python benchmarks/chat_eval.py --model NAME=CHAT_DIR:BASE_DIR  # e.g. runs in progress (repeatable)
 """
 
 from __future__ import annotations
@@ -38,17 +41,18 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from samples import readme_with  # noqa: E402
 
-from tilelli.chat.abstain import AbstainRule, refusal_scores
-from tilelli.chat.dataset import build
-from tilelli.chat.session import ChatSession
-from tilelli.chat.template import END_BYTE, USER_BYTE, is_refusal, turn
-from tilelli.infer import load_decoder
-from tilelli.infer.generate import SamplingConfig, generate_batch
-from tilelli.infer.score import continuation_logprobs
-from tilelli.model.checkpoint_files import SHIPPED_DIR, read_config
-from tilelli.train.evaluate import bootstrap_ci
-from tilelli.train.stats import wilson_interval
-from tilelli.train.trainer import cpu_name
+from tilelli.chat.abstain import REASONS, AbstainRule, Decision, answer_sampling, measure  # noqa: E402
+from tilelli.chat.dataset import build  # noqa: E402
+from tilelli.chat.defaults import CHAT_SAMPLING  # noqa: E402
+from tilelli.chat.session import ChatSession, conversation_prompt  # noqa: E402
+from tilelli.chat.template import turn  # noqa: E402
+from tilelli.infer import load_decoder  # noqa: E402
+from tilelli.infer.generate import generate_batch  # noqa: E402
+from tilelli.infer.score import continuation_logprobs  # noqa: E402
+from tilelli.model.checkpoint_files import SHIPPED_DIR, read_config  # noqa: E402
+from tilelli.train.evaluate import bootstrap_ci  # noqa: E402
+from tilelli.train.stats import wilson_interval  # noqa: E402
+from tilelli.train.trainer import cpu_name  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -56,53 +60,43 @@ MARKERS = ("<!-- chat:start (benchmarks/chat_eval.py writes this block) -->", "<
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SHIPPED = {"tilelli-chat-lite-ternary": "tilelli-lite-ternary", "tilelli-chat-lite-fp32": "tilelli-lite-fp32",
            "tilelli-chat-vanilla-fp32": "vanilla-fp32"}
-GREEDY = SamplingConfig(max_new_tokens=48, temperature=0.0, stop=(END_BYTE, USER_BYTE))
-SAMPLE_PROMPTS = ("Tell me a story about a cat.", "What is the capital of Peru?",
-                  "Can you tell me a story about a brave little dog?", "who wrote war and peace",
-                  "Hi, how are you?", "What is 12 + 30?")
-SAMPLING = SamplingConfig(max_new_tokens=400, temperature=0.7, top_p=0.9, seed=0)
-
-
-def shown(path: Path) -> str:
-    """A path relative to the repository when it is inside it (so that chat.json is portable)."""
-    root = Path(__file__).resolve().parents[1]
-    return str(path.resolve().relative_to(root)) if path.resolve().is_relative_to(root) else str(path)
+SETS = ("facts", "requests", "small_talk", "other", "conversation")
+ANSWERABLE = ("request", "small_talk", "follow_up")
+KINDS = ("fact", "request", "small_talk", "follow_up", "gibberish", "language", "code", "arithmetic")
+CONTEXTS = ("single", "after_story", "after_refusal", "after_small_talk")
+BATCH = 16  # sequences decoded together, as the server's default max_batch
+QUOTE = 12  # an answer holding this many bytes of a refusal has leaked it
+SCRIPT = ("Hi!", "Tell me a story about a cat.", "What is the capital of Peru?",
+          "Now tell me a story about a dog.", "Thank you!")
 
 
 def rate(flags: list[bool]) -> dict:
     k, n = int(sum(flags)), len(flags)
-    if n == 0:  # only with --limit
-        return {"rate": float("nan"), "ci": [float("nan")] * 2, "k": 0, "n": 0}
+    if n == 0:
+        return {"rate": None, "ci": [None, None], "k": 0, "n": 0}
     lo, hi = wilson_interval(k, n)
     return {"rate": k / n, "ci": [lo, hi], "k": k, "n": n}
 
 
 def auroc(positive: list[float], negative: list[float]) -> float:
     """P(score of a random positive > a random negative), ties counted half (Mann-Whitney)."""
-    pos, neg = np.asarray(positive)[:, None], np.asarray(negative)[None, :]
+    pos = np.asarray([p for p in positive if not math.isnan(p)])[:, None]
+    neg = np.asarray([n for n in negative if not math.isnan(n)])[None, :]
     return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
 
 
-def refusals(decoder, prompts: list[str], bans: list[tuple[int, ...]] | None = None) -> list[bool]:
-    """Is the greedy reply to each prompt the refusal (with its first bytes banned, if given)?"""
-    cfgs = [replace(GREEDY, ban_first=b) for b in bans] if bans else GREEDY
-    outs = generate_batch(decoder, [turn(p) for p in prompts], cfgs)
-    return [is_refusal(text.decode("utf-8", "replace")) for text, _, _ in outs]
+def leaked(answer: bytes) -> bool:
+    """The answer holds QUOTE consecutive bytes of a refusal."""
+    texts = [t.encode("utf-8") for t in REASONS.values()]
+    return any(t[i:i + QUOTE] in answer for t in texts for i in range(len(t) - QUOTE + 1))
 
 
-def decisions(decoder, rule: AbstainRule | None, prompts: list[str]) -> tuple[list[bool], list[bool], list[float]]:
-    """Refused or not under the greedy decision (the reply says it) and under the calibrated rule
-    (as `tilelli chat` decides); and the abstain probability of each prompt."""
-    scores = refusal_scores(decoder, [turn(p) for p in prompts])
-    greedy = refusals(decoder, prompts)
-    if rule is None:
-        return greedy, greedy, [s.probability for s in scores]
-    answered = [i for i, s in enumerate(scores) if not rule.abstains(s)]
-    ruled = [True] * len(prompts)
-    for i, refused in zip(answered, refusals(decoder, [prompts[i] for i in answered],
-                                             [rule.answer_ban()] * len(answered)), strict=True):
-        ruled[i] = refused
-    return greedy, ruled, [s.probability for s in scores]
+def valid_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def reply_bpb(decoder, contexts: list[bytes], replies: list[bytes]) -> dict:
@@ -114,105 +108,136 @@ def reply_bpb(decoder, contexts: list[bytes], replies: list[bytes]) -> dict:
     return {"bpb": float(sums.sum() / counts.sum()) / ln2, "ci": [lo / ln2, hi / ln2], "bytes": int(counts.sum())}
 
 
-def refusal_rates(facts: list[dict], requests: list[dict], other: list[dict], fact_refused: list[bool],
-                  request_refused: list[bool], other_refused: list[bool]) -> dict:
-    def seen(rows: list[dict], flags: list[bool], key: str, want: object) -> list[bool]:
-        return [f for r, f in zip(rows, flags, strict=True) if r[key] == want]
+def run_rows(decoder, rule: AbstainRule | None, rows: list[dict]) -> list[dict]:
+    """Decide and answer every row as a chat session would; one result dict per row."""
+    prompts = [conversation_prompt([tuple(t) for t in r["history"]], r["prompt"], decoder.max_seq_len)[0]
+               for r in rows]
+    signals = measure(decoder, prompts)
+    decisions = [rule.decide(s) if rule is not None else Decision(False, None, s) for s in signals]
+    todo = [i for i, d in enumerate(decisions) if not d.abstain]
+    answers = []
+    for first in range(0, len(todo), BATCH):  # a batch's caches stay small: BATCH sequences at a time
+        some = todo[first:first + BATCH]
+        answers += generate_batch(decoder, [prompts[i] for i in some],
+                                  [replace(answer_sampling(CHAT_SAMPLING, rule), seed=i) for i in some])
+    out = []
+    for r, d in zip(rows, decisions, strict=True):
+        out.append({"kind": r["kind"], "context": r["context"], "refusal": d.signals.refusal,
+                    "surprise": d.signals.surprise, "abstained": d.abstain, "reason": d.reason})
+    for i, (data, _, stop) in zip(todo, answers, strict=True):
+        text = data.decode("utf-8", "replace")
+        out[i].update(abstained=decisions[i].abstained(text), answer_bytes=len(data), stop=stop,
+                      leaked=leaked(data), valid_utf8=valid_utf8(data))
+        if "answer" in rows[i]:
+            out[i]["name_right"] = rows[i]["answer"] in text
+    return out
 
+
+def summarise(results: list[dict]) -> dict:
+    """Refusal rates by kind and context, and the clean-reply counts."""
+    by = {}
+    for kind in KINDS:
+        mine = [r for r in results if r["kind"] == kind]
+        if not mine:
+            continue
+        by[kind] = {c: rate([r["abstained"] for r in mine if r["context"] == c]) for c in CONTEXTS}
+        by[kind]["conversation"] = rate([r["abstained"] for r in mine if r["context"] != "single"])
+        by[kind]["fact_reason"] = rate([r["reason"] == "fact" for r in mine if r["abstained"]])
+    answers = [r for r in results if "answer_bytes" in r]
+    stories = [r for r in answers if r["kind"] == "request"]
+    names = [r["name_right"] for r in answers if "name_right" in r]
+    answerable = [r for r in results if r["kind"] in ANSWERABLE]
+    unanswerable = [r for r in results if r["kind"] not in ANSWERABLE]
     return {
-        "facts_refused": {"all": rate(fact_refused), "seen_form": rate(seen(facts, fact_refused, "seen_form", True)),
-                          "unseen_form": rate(seen(facts, fact_refused, "seen_form", False))},
-        "requests_refused": {"all": rate(request_refused),
-                             "seen_template": rate(seen(requests, request_refused, "seen_template", True)),
-                             "unseen_template": rate(seen(requests, request_refused, "seen_template", False))},
-        "other_refused": {k: rate(seen(other, other_refused, "kind", k)) for k in sorted({o["kind"] for o in other})},
+        "refused": by,
+        "answers": len(answers),
+        "answers_leaking_refusal": sum(r["leaked"] for r in answers),
+        "answers_invalid_utf8": sum(not r["valid_utf8"] for r in answers),
+        "stories_ending_on_their_own": rate([r["stop"] == "stop" for r in stories]),
+        "story_bytes_median": float(np.median([r["answer_bytes"] for r in stories])) if stories else None,
+        "name_follow_ups_right": rate(names),
+        "auroc": {s: auroc([r[s] for r in unanswerable], [r[s] for r in answerable]) for s in ("refusal", "surprise")},
     }
 
 
-def measure(name: str, chat_dir: Path, base_dir: Path, data: Path, threads: int, limit: int = 0) -> dict:
+def measure_model(name: str, chat_dir: Path, base_dir: Path, data: Path, threads: int, limit: int = 0) -> dict:
     def read(f: str) -> list[dict]:
-        rows = [json.loads(line) for line in (data / "eval" / f).read_text().splitlines()]
+        rows = [json.loads(line) for line in (data / "eval" / f"{f}.jsonl").read_text().splitlines()]
         return rows[:: max(1, len(rows) // limit)][:limit] if limit else rows  # spread over the kinds
 
-    facts, requests, other = read("facts.jsonl"), read("requests.jsonl"), read("other.jsonl")
+    rows = [r for s in SETS for r in read(s)]
     cfg = read_config(chat_dir)
     t0 = time.time()
     decoder = load_decoder(chat_dir, threads=threads)
     rule = AbstainRule.load(chat_dir)
-    fact_greedy, fact_refused, p_facts = decisions(decoder, rule, [f["prompt"] for f in facts])
-    request_greedy, request_refused, p_requests = decisions(decoder, rule, [r["prompt"] for r in requests])
-    other_greedy, other_refused, _ = decisions(decoder, rule, [o["prompt"] for o in other])
+    results = run_rows(decoder, rule, rows)
+    requests = read("requests")
     references = [r["reference"].encode() for r in requests]
     chat_bpb = reply_bpb(decoder, [turn(r["prompt"]) for r in requests], references)
-    base = load_decoder(base_dir, threads=threads)
-    base_bpb = reply_bpb(base, [(r["prompt"] + "\n").encode() for r in requests], references)
-    session = ChatSession(decoder, SAMPLING, rule)
-    samples = []
-    for prompt in SAMPLE_PROMPTS:
-        session.reset()
-        reply = session.reply(prompt)
-        samples.append({"prompt": prompt, "reply": reply.text, "abstained": reply.abstained,
-                        "abstain_probability": reply.abstain_probability, "confidence": reply.confidence})
+    base_bpb = reply_bpb(load_decoder(base_dir, threads=threads), [(r["prompt"] + "\n").encode() for r in requests],
+                         references)
+    session = ChatSession(decoder, replace(CHAT_SAMPLING, seed=0), rule)
+    script = []
+    for text in SCRIPT:
+        reply = session.reply(text)
+        script.append({"prompt": text, "reply": reply.text, "abstained": reply.abstained, "reason": reply.reason})
     return {
         "name": name, "checkpoint": shown(chat_dir), "base": shown(base_dir), "config": cfg["model"]["arch"],
         "weights": "packed trits" if cfg["packed"] else cfg["weights_dtype"],
-        "ternary": bool(cfg["model"]["ternary"]["quantize"]), "step": cfg.get("step"),
-        "rule": None if rule is None else {"threshold": rule.threshold, "alpha": rule.alpha,
+        "rule": None if rule is None else {"refusal_threshold": rule.refusal_threshold,
+                                           "surprise_threshold": rule.surprise_threshold, "alpha": rule.alpha,
                                            "calibration": rule.record.get("calibration")},
-        **refusal_rates(facts, requests, other, fact_refused, request_refused, other_refused),
-        "greedy_decision": refusal_rates(facts, requests, other, fact_greedy, request_greedy, other_greedy),
-        "abstain_probability": {"mean_facts": float(np.nanmean(p_facts)),
-                                "mean_requests": float(np.nanmean(p_requests)),
-                                "auroc_facts_vs_requests": auroc(p_facts, p_requests)},
+        **summarise(results),
         "reply_bpb": {"chat": chat_bpb, "base": base_bpb, "ratio": chat_bpb["bpb"] / base_bpb["bpb"]},
-        "samples": samples, "seconds": round(time.time() - t0, 1),
+        "script": script, "prompts": len(rows), "seconds": round(time.time() - t0, 1),
     }
 
 
+def shown(path: Path) -> str:
+    """A path relative to the repository when it is inside it (so that chat.json is portable)."""
+    root = Path(__file__).resolve().parents[1]
+    return str(path.resolve().relative_to(root)) if path.resolve().is_relative_to(root) else str(path)
+
+
 def pct(r: dict) -> str:
-    return f"{100 * r['rate']:.1f} % ({100 * r['ci'][0]:.1f}–{100 * r['ci'][1]:.1f})"
-
-
-def decided(r: dict) -> list[tuple[str, dict]]:
-    """(label, rates) of each decision measured for a model row: the rule first, as it ships."""
-    if r.get("rule") is None:
-        return [("greedy reply", r)]
-    return [(f"P(refusal) > {r['rule']['threshold']:.3f}", r), ("greedy reply", r["greedy_decision"])]
+    if not r["n"]:
+        return "—"
+    return f"{100 * r['rate']:.1f} % ({100 * r['ci'][0]:.1f}–{100 * r['ci'][1]:.1f}, n={r['n']})"
 
 
 def markdown(result: dict) -> str:
     rows = result["models"]
-    lines = [f"Held-out chat prompts; rates with Wilson 95 % intervals. {result['machine']}. Decisions: the "
-             "checkpoint's calibrated rule (what `tilelli chat` and `serve` do: refuse when P(refusal) exceeds a "
-             "split-conformal threshold from `tilelli calibrate` on other valid-slice requests), and for "
-             "comparison the greedy reply (refused when it is the refusal).", "",
-             f"| model | weights | decision | refuses held-out facts (n={rows[0]['facts_refused']['all']['n']}) "
-             f"| unseen phrasings | false refusals, story requests (n={rows[0]['requests_refused']['all']['n']}) "
-             "| unseen templates | reply bpb chat / base | abstain-prob AUROC |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"Held-out prompts, decided and answered as `tilelli chat` does (each checkpoint's calibrated rule; "
+             f"chat sampling, seed per prompt). Refusal rates, Wilson 95 % intervals. {result['machine']}.", ""]
     for r in rows:
+        rule = r["rule"]
+        how = ("greedy decision (no rule)" if rule is None else
+               f"P(refusal) > {rule['refusal_threshold']:.3f} or surprise > {rule['surprise_threshold']:.2f} "
+               f"bits/byte (alpha {rule['alpha']})")
+        lines += [f"**`{r['name']}`** ({r['weights']}; {how})", "",
+                  "| kind (should be) | alone | after a story | after a refusal | after small talk | in conversation |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for kind, d in r["refused"].items():
+            want = "answered" if kind in ANSWERABLE else "refused"
+            lines.append(f"| {kind.replace('_', ' ')} ({want}) | " + " | ".join(pct(d[c]) for c in CONTEXTS)
+                         + f" | {pct(d['conversation'])} |")
         b = r["reply_bpb"]
-        for label, d in decided(r):
-            lines.append(f"| `{r['name']}` | {r['weights']} | {label} | {pct(d['facts_refused']['all'])} | "
-                         f"{pct(d['facts_refused']['unseen_form'])} | {pct(d['requests_refused']['all'])} | "
-                         f"{pct(d['requests_refused']['unseen_template'])} | "
-                         f"{b['chat']['bpb']:.3f} / {b['base']['bpb']:.3f} ({100 * (b['ratio'] - 1):+.1f} %) | "
-                         f"{r['abstain_probability']['auroc_facts_vs_requests']:.3f} |")
-    kinds = list(rows[0]["other_refused"])
-    lines += ["", "Refusals of prompts it was never taught to refuse (n=50 each):", "",
-              "| model | decision | " + " | ".join(kinds) + " |", "|---|---|" + "---:|" * len(kinds)]
-    for r in rows:
-        for label, d in decided(r):
-            lines.append(f"| `{r['name']}` | {label} | " + " | ".join(pct(d["other_refused"][k]) for k in kinds) + " |")
+        lines += ["", f"Answers: {r['answers']}; holding 12+ bytes of a refusal: {r['answers_leaking_refusal']}; "
+                  f"invalid UTF-8: {r['answers_invalid_utf8']}; stories ending on their own: "
+                  f"{pct(r['stories_ending_on_their_own'])} (median {r['story_bytes_median']:.0f} bytes); "
+                  f"character names right: {pct(r['name_follow_ups_right'])}. Reply bpb, chat / base: "
+                  f"{b['chat']['bpb']:.3f} / {b['base']['bpb']:.3f} ({100 * (b['ratio'] - 1):+.1f} %). "
+                  f"AUROC, unanswerable vs answerable: refusal probability {r['auroc']['refusal']:.3f}, "
+                  f"surprise {r['auroc']['surprise']:.3f}.", ""]
     return "\n".join(lines) + "\n"
 
 
-def samples_markdown(result: dict) -> str:
+def script_markdown(result: dict) -> str:
     out = []
     for r in result["models"]:
-        out.append(f"**`{r['name']}`** (temperature 0.7, top-p 0.9, seed 0):\n")
-        for s in r["samples"]:
-            mark = " *(abstained)*" if s["abstained"] else ""
+        out.append(f"**`{r['name']}`** (one conversation; temperature 0.7, top-p 0.9, seed 0):\n")
+        for s in r["script"]:
+            mark = f" *(abstained: {s['reason'] or 'refusal'})*" if s["abstained"] else ""
             reply = s["reply"].strip().replace("\n", " ")
             out.append(f"> **you:** {s['prompt']}  \n> **tilelli:** {reply}{mark}\n")
     return "\n".join(out)
@@ -241,7 +266,10 @@ def main() -> None:
         models = [(c, SHIPPED_DIR / c, SHIPPED_DIR / b) for c, b in SHIPPED.items()]
     with tempfile.TemporaryDirectory() as tmp:
         meta = build(SHARED, Path(tmp) / "chat")
-        rows = [measure(n, c, b, Path(tmp) / "chat", args.threads, args.limit) for n, c, b in models]
+        rows = []
+        for n, c, b in models:
+            rows.append(measure_model(n, c, b, Path(tmp) / "chat", args.threads, args.limit))
+            print(f"{n}: {rows[-1]['seconds']} s", file=sys.stderr, flush=True)
     if args.keep and (args.out / "chat.json").is_file():
         kept = json.loads((args.out / "chat.json").read_text())
         if kept["data"]["train_sha256"] != meta["train"]["sha256"] or kept.get("limit") != args.limit:
@@ -253,7 +281,7 @@ def main() -> None:
                        "held_out": meta["held_out"]}, "models": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "chat.json").write_text(json.dumps(result, indent=1) + "\n")
-    block = markdown(result) + "\n" + samples_markdown(result)
+    block = markdown(result) + "\n" + script_markdown(result)
     (args.out / "chat.md").write_text(block)
     if args.readme:
         README.write_text(readme_with(block, README.read_text(), MARKERS))

@@ -4,8 +4,8 @@ The set is `tilelli prepare-chat --out DATA` (multi-turn conversations, a masked
 reply bytes only, every window starts at a turn). Every run starts from a shipped base
 checkpoint (`--init-from`, fresh optimizer and schedule) and has the same protocol:
 
-- 300 steps x batch 4 x 1,024 bytes = 1.23 M bytes (0.22 epoch of the 5.64 M-byte chat set),
-  one thread per run, two runs in parallel.
+- 300 steps x batch 4 x 1,024 bytes = 1.23 M bytes (0.21 epoch of the 5.78 M-byte chat set),
+  one thread per run.
 - Muon at 1e-3 (half the pretraining peak: fine-tuning, not pretraining), 20 warm-up steps,
   cosine to 1e-4, weight decay 0.1; validation on the whole held-out valid.bin (400 held-out
   fact questions + 400 held-out story requests; reply bytes only) at steps 150 and 300.
@@ -22,8 +22,7 @@ Runs:
     python experiments/chat_runs.py --runs-dir ~/tl/runs/chat --data ~/tl/data/chat
     python experiments/chat_runs.py --dry-run
 
-Lane 1 runs chat-lite-ternary then chat-vanilla-fp32; lane 2 runs chat-lite-fp32. Rerunning
-resumes whatever is unfinished.
+The three runs go side by side (one thread each). Rerunning resumes whatever is unfinished.
 """
 
 from __future__ import annotations
@@ -60,10 +59,8 @@ def main() -> None:
         print(line, flush=True)
         return run.name
 
-    with ThreadPoolExecutor(2) as pool:
-        lanes = [pool.submit(lambda: [go(runs["ternary"]), go(runs["vanilla"])]),
-                 pool.submit(lambda: [go(runs["lite"])])]
-        names = [n for f in lanes for n in f.result()]
+    with ThreadPoolExecutor(len(runs)) as pool:
+        names = list(pool.map(go, runs.values()))
     print(json.dumps({name: final_valid_bpb(args.runs_dir / name) for name in names}, indent=1))
 
 

@@ -1,25 +1,30 @@
-"""When the chat model abstains: the refusal's probability against a calibrated threshold.
+"""The one decision of every chat front end: answer the last user turn, or abstain.
 
-Why not simply let the greedy reply decide: a byte-level model commits to the refusal with its
-first byte ("I"), so a story request on which "I" narrowly wins its first byte is refused, even
-though the model gives the whole refusal a small probability. The shipped ternary chat model
-refused 7.5 % of held-out story requests that way, while the teacher-forced probability of the
-whole refusal separated facts from requests with AUROC 0.997 (benchmarks/results/chat.json).
+`tilelli chat`, `chat --json`, the server and its page all call `decide` on the whole
+conversation's prompt (history + the new turn), so a question asked after a story is judged
+in its conversation, exactly as the model sees it.
 
-The rule (`AbstainRule`):
-- **abstain** iff P(refusal | prompt) > threshold; the reply is then the refusal itself;
-- otherwise **answer**: the refusal's opening byte ("I") is banned as the answer's first byte,
-  so the answer is never the refusal. (A first version banned it only where it all but
-  committed the model to the refusal, P(rest | "I") >= 0.5; greedy decoding then still walked
-  into the refusal after "I" on 3 % of held-out story requests, each byte the argmax while the
-  product stayed below 0.5. The price of the plain ban: no answer starts with "I".)
+Two signals, from one teacher-forced pass over the prompt and the refusal (`measure`):
+- **refusal**: the model's probability of the *whole* refusal (every byte and END) as the
+  reply. A byte-level model commits with its first byte, so letting greedy decoding decide
+  refuses every request on which "I" narrowly wins; the whole refusal's probability is a
+  graded score that separates world-fact questions from requests (AUROC ~0.997).
+- **surprise**: the highest mean bits per byte of any PEAK_WINDOW consecutive bytes of the last
+  user turn's text, as the chat model reads it in its conversation. A story model finds
+  gibberish, code, other languages and sums far less likely than the simple English it was
+  trained on, and it was never taught to refuse them, so the refusal alone misses them.
 
-The threshold is calibrated, not tuned on the evaluation: split conformal prediction over `n`
-in-domain story requests disjoint from every evaluation set (`eval/calibration.jsonl` of
-`tilelli prepare-chat`). With t the ceil((n+1)(1-alpha))-th smallest of their scores, a new
-request exchangeable with them is refused with probability at most alpha. The rule is stored
-beside the checkpoint as `abstain.json` (`tilelli calibrate`); a checkpoint without one falls
-back to the greedy decision.
+The rule (`AbstainRule`) abstains iff refusal > t_r ("I can't answer that. Facts like ...") or
+surprise > t_s ("I can't answer that. I only understand simple English."). Both thresholds are
+calibrated, not tuned on the evaluation: split conformal prediction over prompts the model
+*should* answer (story requests and small talk in phrasings never trained on, single-turn and
+as third turns; `eval/calibration.jsonl`), each at alpha / 2. By the union bound a new
+answerable prompt exchangeable with them is refused with probability at most alpha.
+
+When the rule answers, the answer is decoded under constraints (`answer_sampling`): valid
+UTF-8, and no 12-byte run of a refusal anywhere (nor its first 6 bytes at the start), so an
+answer never contains the refusal or a piece of it. A checkpoint without a rule falls back to
+the greedy decision: whatever the model generates, refusal or not.
 """
 
 from __future__ import annotations
@@ -27,43 +32,65 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tilelli.chat.template import END_BYTE, REFUSAL
+import numpy as np
+
+from tilelli.chat.template import ASSISTANT, END_BYTE, REFUSAL, REFUSAL_UNREADABLE, USER, is_refusal
 from tilelli.errors import TilelliError
+from tilelli.infer.generate import SamplingConfig
 from tilelli.infer.score import continuation_logprobs
 
 REFUSAL_REPLY = REFUSAL.encode("utf-8") + END_BYTE
 RULE_FILE = "abstain.json"
+PEAK_WINDOW = 32  # bytes: a local surprise (a question at the end of a story) is not diluted
+REASONS = {"fact": REFUSAL, "unreadable": REFUSAL_UNREADABLE}
 
 
 @dataclass(frozen=True)
-class RefusalScore:
-    """The model's view of the refusal as the reply to one prompt (nan: prompt too long)."""
+class Signals:
+    """What the model says about one prompt (nan: the prompt does not fit with a refusal)."""
 
-    probability: float  # P(whole refusal and END | prompt)
-    byte_probs: tuple[float, ...] = ()  # per refusal byte, END excluded
+    refusal: float  # P(a whole refusal and END | prompt), both refusals summed
+    surprise: float  # peak PEAK_WINDOW-byte mean bits per byte of the last user text
+    likelier: str = "fact"  # the reason whose refusal the model finds likelier
+    refusal_byte_probs: tuple[float, ...] = ()  # per byte of that refusal, END excluded
 
 
-def refusal_scores(decoder: Any, prompts: Sequence[bytes], batch_size: int = 8) -> list[RefusalScore]:
-    """Teacher-force the refusal after every prompt; batched."""
-    fits = [i for i, p in enumerate(prompts) if len(p) + len(REFUSAL_REPLY) - 1 <= decoder.max_seq_len]
-    logps = continuation_logprobs(decoder, [prompts[i] for i in fits], [REFUSAL_REPLY] * len(fits), batch_size)
-    out = [RefusalScore(math.nan)] * len(prompts)
-    for i, lp in zip(fits, logps, strict=True):
-        out[i] = RefusalScore(float(math.exp(lp.sum())), tuple(float(math.exp(v)) for v in lp[:-1]))
+def peak_bits_per_byte(logprobs: np.ndarray, window: int = PEAK_WINDOW) -> float:
+    """The highest mean bits per byte over `window` consecutive bytes (all of them when fewer)."""
+    bits = -np.asarray(logprobs, dtype=np.float64) / math.log(2)
+    if bits.size == 0:
+        return math.nan
+    w = min(window, bits.size)
+    sums = np.convolve(bits, np.ones(w), mode="valid")
+    return float(sums.max() / w)
+
+
+def measure(decoder: Any, prompts: Sequence[bytes], batch_size: int = 8) -> list[Signals]:
+    """Both signals for every chat prompt (history + USER text ASSISTANT), batched: the last
+    user turn's text and each refusal are teacher-forced after the rest."""
+    starts = [p.rfind(bytes([USER])) + 1 for p in prompts]
+    if any(s == 0 or not p or p[-1] != ASSISTANT for p, s in zip(prompts, starts, strict=True)):
+        raise TilelliError("a chat prompt must end with a user turn (USER text ASSISTANT)")
+    replies = {reason: text.encode("utf-8") + END_BYTE for reason, text in REASONS.items()}
+    longest = max(map(len, replies.values()))
+    fits = [i for i, p in enumerate(prompts) if len(p) + longest - 1 <= decoder.max_seq_len]
+    pairs = [(i, reason) for i in fits for reason in replies]
+    logps = continuation_logprobs(decoder, [prompts[i][:starts[i]] for i, _ in pairs],
+                                  [prompts[i][starts[i]:] + replies[r] for i, r in pairs], batch_size)
+    by = {pair: lp for pair, lp in zip(pairs, logps, strict=True)}
+    out = [Signals(math.nan, math.nan)] * len(prompts)
+    for i in fits:
+        n_text = len(prompts[i]) - starts[i] - 1  # the user's text, without the ASSISTANT marker
+        tails = {r: by[(i, r)][n_text + 1:] for r in replies}
+        p = {r: float(math.exp(t.sum())) for r, t in tails.items()}
+        likelier = max(p, key=p.get)
+        out[i] = Signals(sum(p.values()), peak_bits_per_byte(by[(i, likelier)][:n_text]), likelier,
+                         tuple(float(math.exp(v)) for v in tails[likelier][:-1]))
     return out
-
-
-def abstain_probabilities(decoder: Any, prompts: Sequence[bytes], batch_size: int = 8) -> list[float]:
-    """P(reply = the refusal then END | prompt) for each prompt (nan for one too long)."""
-    return [s.probability for s in refusal_scores(decoder, prompts, batch_size)]
-
-
-def abstain_probability(decoder: Any, prompt_bytes: bytes) -> float:
-    return abstain_probabilities(decoder, [prompt_bytes])[0]
 
 
 def conformal_threshold(scores: Sequence[float], alpha: float) -> float:
@@ -80,21 +107,49 @@ def conformal_threshold(scores: Sequence[float], alpha: float) -> float:
 
 
 @dataclass(frozen=True)
+class Decision:
+    """Abstain or answer; when abstaining, which refusal and why."""
+
+    abstain: bool
+    reason: str | None  # "fact" (the model's refusal is likely) or "unreadable" (the text surprises it)
+    signals: Signals
+    byte_probs: tuple[float, ...] = ()  # the model's probability of each byte of the refusal given
+
+    @property
+    def reply(self) -> str | None:
+        return REASONS[self.reason] if self.reason else None
+
+    def abstained(self, answer: str) -> bool:
+        """Whether the user got a refusal: the rule's, or (greedy decision) one the model wrote."""
+        return self.abstain or is_refusal(answer)
+
+
+@dataclass(frozen=True)
 class AbstainRule:
-    threshold: float
-    alpha: float | None = None  # the calibration's target false-refusal rate, when calibrated
+    refusal_threshold: float
+    surprise_threshold: float = math.inf  # bits per byte; inf = the refusal alone decides
+    alpha: float | None = None  # the calibration's bound on false refusals, when calibrated
     record: dict[str, Any] = field(default_factory=dict)  # how it was calibrated
 
     def __post_init__(self) -> None:
-        if not 0 <= self.threshold <= 1:
-            raise TilelliError(f"abstain threshold {self.threshold} must be in [0, 1]")
+        if not 0 <= self.refusal_threshold <= 1:
+            raise TilelliError(f"refusal threshold {self.refusal_threshold} must be in [0, 1]")
+        if not self.surprise_threshold > 0:
+            raise TilelliError(f"surprise threshold {self.surprise_threshold} must be > 0 bits per byte")
 
-    def abstains(self, score: RefusalScore) -> bool:
-        return score.probability > self.threshold  # nan (prompt too long) never abstains
+    def decide(self, s: Signals) -> Decision:
+        """nan signals (a prompt too long to score) never abstain."""
+        if s.refusal > self.refusal_threshold:
+            return Decision(True, s.likelier, s)
+        if s.surprise > self.surprise_threshold:
+            return Decision(True, "unreadable", s)
+        return Decision(False, None, s)
 
-    def answer_ban(self) -> tuple[int, ...]:
-        """First bytes an answer may not take: the refusal's opening."""
-        return (REFUSAL_REPLY[0],)
+    @classmethod
+    def calibrate(cls, signals: Sequence[Signals], alpha: float, record: dict[str, Any]) -> AbstainRule:
+        """Each threshold at alpha / 2 over answerable prompts: false refusals <= alpha in all."""
+        return cls(conformal_threshold([s.refusal for s in signals], alpha / 2),
+                   conformal_threshold([s.surprise for s in signals], alpha / 2), alpha, record)
 
     def save(self, checkpoint_dir: Path) -> Path:
         path = Path(checkpoint_dir) / RULE_FILE
@@ -109,6 +164,27 @@ class AbstainRule:
             return None
         try:
             d = json.loads(path.read_text())
-            return cls(float(d["threshold"]), d.get("alpha"), d.get("record", {}))
+            refusal = d["refusal_threshold"] if "refusal_threshold" in d else d["threshold"]  # (rules before v2)
+            return cls(float(refusal), float(d.get("surprise_threshold", math.inf)),
+                       d.get("alpha"), d.get("record", {}))
         except (ValueError, KeyError, TypeError) as e:
             raise TilelliError(f"{path} is not a valid abstain rule ({e}); rerun `tilelli calibrate`") from None
+
+
+def decide(decoder: Any, rule: AbstainRule | None, prompt: bytes) -> Decision:
+    """The decision for one chat prompt; without a rule, never abstain before generating (the
+    greedy decision: the generated reply says whether it refused)."""
+    s = measure(decoder, [prompt])[0]
+    d = rule.decide(s) if rule is not None else Decision(False, None, s)
+    if d.reason == s.likelier:
+        return replace(d, byte_probs=s.refusal_byte_probs)
+    if d.reason is not None:  # the surprise decided: that refusal's probabilities, one more pass
+        lp = continuation_logprobs(decoder, [prompt], [d.reply.encode("utf-8") + END_BYTE])[0]
+        return replace(d, byte_probs=tuple(float(math.exp(v)) for v in lp[:-1]))
+    return d
+
+
+def answer_sampling(cfg: SamplingConfig, rule: AbstainRule | None) -> SamplingConfig:
+    """How an answer is decoded: valid UTF-8 always; under a rule, never quoting a refusal."""
+    avoid = tuple(t.encode("utf-8") for t in REASONS.values()) if rule is not None else ()
+    return replace(cfg, valid_utf8=True, avoid=avoid)

@@ -14,7 +14,9 @@ people use a chat: a refusal after a story, a story after a refusal, small talk 
 - **small talk**: greetings, thanks, goodbyes, "who are you", ... (phrasing.SMALL_TALK, our
   own short replies), the ChatterBot small-talk dialogues and the identity set (Tilelli).
 - **abstention**: world-fact questions (NQ-open, TruthfulQA, ChatterBot trivia) -> `REFUSAL`,
-  each training question once, in one of the train fact forms.
+  each training question once, in one of the train fact forms; arithmetic -> `REFUSAL` too;
+  gibberish, other languages and code -> `REFUSAL_UNREADABLE`, all from the *train* side of
+  `tilelli.chat.unservable` (templates, tasks and lines the evaluation never uses).
 
 Held out, never trained on (`eval/`):
 - `facts.jsonl`: world-fact questions split off *by question* (duplicates after normalising go
@@ -23,7 +25,8 @@ Held out, never trained on (`eval/`):
 - `requests.jsonl`: story requests from the *eval* template families (never trained on nor
   calibrated on), with subjects and reference stories from the TinyStories *valid* slice;
 - `small_talk.jsonl`: small talk in the *eval* phrasings;
-- `other.jsonl`: gibberish, other languages, code, arithmetic (`tilelli.chat.unservable`);
+- `other.jsonl`: gibberish, other languages, code, arithmetic (`tilelli.chat.unservable`, its
+  eval side);
 - `conversation.jsonl`: every kind above again as the **third turn** of a conversation (after a
   story, after a refusal, after small talk), plus follow-ups after a story that should be
   answered ("another one about ...", the name of a character);
@@ -54,7 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from tilelli.chat import phrasing, sources
-from tilelli.chat.template import REFUSAL, USER, encode, prompt
+from tilelli.chat.template import REFUSAL, REFUSAL_UNREADABLE, USER, encode, prompt
 from tilelli.chat.unservable import unservable_prompts
 from tilelli.errors import TilelliError
 from tilelli.train.data import mask_path, starts_path
@@ -79,6 +82,9 @@ _STOP = frozenset("there their about would could after again before every which 
                   "happy named said would these those thing things asked shouted smiled looked always".split())
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 SMALL_TALK_CATEGORIES = ("greetings", "conversations", "emotion", "humor")  # ChatterBot files used
+N_UNSERVABLE_EACH = 400  # training turns of each unservable kind
+UNSERVABLE_REPLY = {"gibberish": REFUSAL_UNREADABLE, "language": REFUSAL_UNREADABLE, "code": REFUSAL_UNREADABLE,
+                    "arithmetic": REFUSAL}
 
 
 @dataclass(frozen=True)
@@ -205,10 +211,12 @@ class Pools:
     stories: list[StoryTurn]
     small_talk: list[list[tuple[str, str]]]  # each one or more turns (ChatterBot dialogues)
     facts: list[str]  # phrased questions
+    unservable: list[tuple[str, str]]  # (prompt, refusal)
     counts: dict[str, int] = field(default_factory=dict)
 
     def take(self, kind: str) -> object | None:
-        pool = {"story": self.stories, "small_talk": self.small_talk, "fact": self.facts}[kind]
+        pool = {"story": self.stories, "small_talk": self.small_talk, "fact": self.facts,
+                "unservable": self.unservable}[kind]
         if not pool:
             return None
         self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -221,6 +229,7 @@ def conversations(pools: Pools, rng: random.Random, follow_up: float = 0.35) -> 
     story about another subject or the name of the story's character."""
     out: list[list[tuple[str, str]]] = []
     kinds = ["story"] * len(pools.stories) + ["small_talk"] * len(pools.small_talk) + ["fact"] * len(pools.facts)
+    kinds += ["unservable"] * len(pools.unservable)
     rng.shuffle(kinds)
     conv: list[tuple[str, str]] = []
     target = rng.randint(1, 4)
@@ -245,6 +254,8 @@ def conversations(pools: Pools, rng: random.Random, follow_up: float = 0.35) -> 
             turns = [(unit.request, unit.reply)]
         elif kind == "fact":
             turns = [(unit, REFUSAL)]
+        elif kind == "unservable":
+            turns = [unit]
         else:
             turns = list(unit)
         if not add(turns):
@@ -394,10 +405,13 @@ def build(shared: Path, out: Path, seed: int = 0, sizes: Sizes = Sizes()) -> dic
     n_held = sizes.facts + sizes.conversation_each * 2 + 200  # single, third turn, histories
     train_q, held_q, removed = split_facts(sources.facts(qa, chat), n_held, rng)
     facts = [phrasing.fact_question(q, "train", rng)[0] for q, _ in train_q]
+    train_stories = [s for path in train_files for s in sources.tinystories(path)]
+    unservable = [(phrasing.Noise(typo=0).apply(r["prompt"], rng), UNSERVABLE_REPLY[r["kind"]])
+                  for r in unservable_prompts(rng, N_UNSERVABLE_EACH, train_stories, "train")]
     rng.shuffle(stories)
     rng.shuffle(small)
-    pools = Pools(stories, small, facts)
-    n_pooled = {"story": len(stories), "small_talk": len(small), "fact": len(facts)}
+    pools = Pools(stories, small, facts, unservable)
+    n_pooled = {"story": len(stories), "small_talk": len(small), "fact": len(facts), "unservable": len(unservable)}
     convs = conversations(pools, rng)
 
     # held-out sets

@@ -1,32 +1,34 @@
 """A conversation with a chat checkpoint: history, replies, and how sure the model is.
 
 `ChatSession.reply(text)` builds the prompt from the history (`tilelli.chat.template.prompt`,
-dropping the oldest turns when the context is full), streams the reply through the one
-generation loop (`tilelli.infer.generate`; the native engine when it can run the model), and
-returns a `Reply` with three numbers a caller can act on:
+dropping the oldest turns when the context is full), decides whether to answer it
+(`tilelli.chat.abstain.decide`, on the whole conversation), and either returns the refusal or
+streams the answer through the one generation loop (`tilelli.infer.generate`; the native
+engine when it can run the model). The `Reply` carries what a caller can act on:
 
-- `abstained`: the reply is the refusal template (what the user sees);
-- `abstain_probability`: the model's probability of the *whole* refusal (every byte of it and
-  the END byte) as the reply to this prompt, by teacher forcing it: a graded abstain score
-  that exists whether or not the sampled reply refused;
+- `abstained` (and `reason`: "fact" or "unreadable"): the reply is a refusal;
+- `abstain_probability`: the model's probability of the *whole* refusal as the reply, by
+  teacher forcing it, whatever was decided;
+- `surprise`: peak bits per byte of the user's text as the model read it in its conversation;
 - `confidence`: the mean probability the model gave the bytes it produced.
 
-With an `AbstainRule` (tilelli.chat.abstain; the shipped chat checkpoints carry a calibrated
-one), the abstain probability decides: above the threshold the reply is the refusal, below it
-the model answers (and its answer may not open like the refusal). Without one, whatever the
-model generates decides.
+With an `AbstainRule` (the shipped chat checkpoints carry a calibrated one) the rule decides,
+and an answer is decoded so that it never quotes a refusal. Without one, whatever the model
+generates decides.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from tilelli.chat.abstain import AbstainRule, refusal_scores
-from tilelli.chat.template import END_BYTE, REFUSAL, USER_BYTE, is_refusal, prompt
+from tilelli.chat.abstain import AbstainRule, Decision, answer_sampling, decide
+from tilelli.chat.defaults import CHAT_SAMPLING
+from tilelli.chat.template import END_BYTE, USER_BYTE, prompt
 from tilelli.infer.generate import Batch, SamplingConfig
 
 
@@ -36,13 +38,28 @@ class Reply:
     abstained: bool
     confidence: float  # mean probability of the produced bytes (nan when none)
     abstain_probability: float
+    surprise: float  # peak bits per byte of the user's text, in its conversation
     stop_reason: str  # "stop" (the model ended its turn), "max_new_tokens", "context", "interrupted"
     dropped_turns: int = 0  # oldest turns left out of this prompt to fit the context
     probs: list[float] = field(default_factory=list)  # per produced byte
+    reason: str | None = None  # why it abstained: "fact" or "unreadable" (None: answered, or the greedy decision)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reply": self.text, "abstained": self.abstained, "confidence": self.confidence,
-                "abstain_probability": self.abstain_probability, "stop_reason": self.stop_reason}
+        """JSON-ready: a number that is nan (nothing to measure) is null."""
+        def num(x: float) -> float | None:
+            return x if math.isfinite(x) else None
+
+        return {"reply": self.text, "abstained": self.abstained, "reason": self.reason,
+                "confidence": num(self.confidence), "abstain_probability": num(self.abstain_probability),
+                "surprise": num(self.surprise), "stop_reason": self.stop_reason}
+
+
+def conversation_prompt(history: Sequence[tuple[str, str]], text: str, max_seq_len: int,
+                        sampling: SamplingConfig = CHAT_SAMPLING) -> tuple[bytes, int]:
+    """The prompt a session decides and answers on, and how many oldest turns it dropped: room
+    is kept for the reply (its byte limit, at most half the context). Calibration and
+    evaluation build their prompts here too, so they see what a user's session sees."""
+    return prompt(history, text, max_seq_len, min(sampling.max_new_tokens, max_seq_len // 2))
 
 
 class ChatSession:
@@ -52,8 +69,7 @@ class ChatSession:
                  rule: AbstainRule | None = None) -> None:
         self.decoder = decoder
         self.rule = rule
-        base = sampling or SamplingConfig(max_new_tokens=600, temperature=0.7, top_p=0.9)
-        self.sampling = SamplingConfig(**{**base.__dict__, "stop": (END_BYTE, USER_BYTE)})
+        self.sampling = replace(sampling or CHAT_SAMPLING, stop=(END_BYTE, USER_BYTE))
         self.history: list[tuple[str, str]] = []
 
     def reset(self) -> None:
@@ -64,25 +80,24 @@ class ChatSession:
         """The model's reply to `text` after the history; `on_bytes` receives the reply's bytes
         as they become final. A KeyboardInterrupt stops the reply (kept, stop_reason
         "interrupted"). With `remember`, the turn joins the history."""
-        room = min(self.sampling.max_new_tokens, self.decoder.max_seq_len // 2)
-        prompt_bytes, dropped = prompt(self.history, text, self.decoder.max_seq_len, room)
-        score = refusal_scores(self.decoder, [prompt_bytes])[0]
-        if self.rule is not None and self.rule.abstains(score):
+        prompt_bytes, dropped = conversation_prompt(self.history, text, self.decoder.max_seq_len, self.sampling)
+        decision = decide(self.decoder, self.rule, prompt_bytes)
+        if decision.abstain:
             if on_bytes is not None:
-                on_bytes(REFUSAL.encode("utf-8"))
-            probs = list(score.byte_probs)
-            reply = Reply(REFUSAL, True, float(np.mean(probs)), score.probability, "stop", dropped, probs)
+                on_bytes(decision.reply.encode("utf-8"))
+            probs = list(decision.byte_probs)
+            reply = Reply(decision.reply, True, float(np.mean(probs)) if probs else float("nan"),
+                          decision.signals.refusal, decision.signals.surprise, "stop", dropped, probs, decision.reason)
         else:
-            reply = self._generate(prompt_bytes, score.probability, on_bytes)
+            reply = self._generate(prompt_bytes, decision, on_bytes)
             reply.dropped_turns = dropped
         if remember:
             self.history = [*self.history[dropped:], (text, reply.text)]
         return reply
 
-    def _generate(self, prompt_bytes: bytes, p_abstain: float, on_bytes: Callable[[bytes], None] | None) -> Reply:
-        ban = self.rule.answer_ban() if self.rule is not None else ()
+    def _generate(self, prompt_bytes: bytes, decision: Decision, on_bytes: Callable[[bytes], None] | None) -> Reply:
         batch = Batch(self.decoder)
-        stream = batch.add(prompt_bytes, replace(self.sampling, ban_first=ban))
+        stream = batch.add(prompt_bytes, answer_sampling(self.sampling, self.rule))
         reason = None
         try:
             while not stream.done:
@@ -91,7 +106,8 @@ class ChatSession:
                         on_bytes(bytes(t.byte for t in released))
         except KeyboardInterrupt:
             reason = "interrupted"
-        out = bytes(stream.out).decode("utf-8", errors="replace")
+        out = bytes(stream.out).decode("utf-8", errors="replace")  # valid UTF-8 by construction
         probs = list(stream.probs)
-        return Reply(out, is_refusal(out), float(np.mean(probs)) if probs else float("nan"), p_abstain,
+        return Reply(out, decision.abstained(out), float(np.mean(probs)) if probs else float("nan"),
+                     decision.signals.refusal, decision.signals.surprise,
                      reason or stream.stop_reason or "max_new_tokens", 0, probs)

@@ -23,8 +23,11 @@ from tilelli.errors import TilelliError
 USER, ASSISTANT, END = 0xFE, 0xFD, 0xFF
 USER_BYTE, ASSISTANT_BYTE, END_BYTE = bytes([USER]), bytes([ASSISTANT]), bytes([END])
 
-# The one answer to a world-fact question (the original system's wording).
+# The one answer to a world-fact question (the original system's wording), and the one to text
+# the model cannot read (gibberish, code, other languages; tilelli.chat.abstain). Both open with
+# the same sentence, which is what `is_refusal` looks for.
 REFUSAL = "I can't answer that. Facts like that are beyond a 10M model."
+REFUSAL_UNREADABLE = "I can't answer that. I only understand simple English."
 
 
 def turn(user: str, reply: str | None = None) -> bytes:
@@ -60,5 +63,5 @@ def prompt(history: Sequence[tuple[str, str]], user: str, max_len: int, room: in
 
 
 def is_refusal(reply: str) -> bool:
-    """Whether a reply is the abstention (its first sentence, so a reply cut short still counts)."""
+    """Whether a reply is an abstention (its first sentence, so a reply cut short still counts)."""
     return reply.strip().startswith(REFUSAL.split(".")[0])

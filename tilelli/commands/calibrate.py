@@ -1,9 +1,11 @@
-"""`tilelli calibrate`: the abstain rule of a chat checkpoint, calibrated on held-out requests.
+"""`tilelli calibrate`: the abstain rule of a chat checkpoint, calibrated on answerable prompts.
 
-Scores every story request of `eval/calibration.jsonl` (from `tilelli prepare-chat`; disjoint
-from the evaluation sets) with the model's probability of the refusal, and stores the split-
-conformal threshold for a target false-refusal rate `--alpha` as `abstain.json` beside the
-checkpoint (see tilelli.chat.abstain). `tilelli chat` and `tilelli serve` then use it.
+Measures both signals of the rule (refusal probability and surprise; tilelli.chat.abstain) on
+every prompt of `eval/calibration.jsonl` (from `tilelli prepare-chat`: story requests and small
+talk in phrasings never trained on, alone and as third turns; disjoint from the evaluation
+sets), as a session would build it, and stores the split-conformal thresholds for a bound
+`--alpha` on false refusals as `abstain.json` beside the checkpoint. `tilelli chat` and
+`tilelli serve` then use it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--checkpoint", required=True, help="chat checkpoint directory; abstain.json is written into it")
     add("--data", type=Path, required=True, metavar="DIR", help="a `tilelli prepare-chat` output (its eval/)")
     add("--alpha", type=alpha_value, default=0.03,
-        help="target false-refusal rate on in-domain requests (default 0.03)")
+        help="bound on the false-refusal rate of answerable prompts (story requests, small talk); "
+             "split evenly between the two thresholds (default 0.03)")
     add("--out", type=Path, default=None, help="write the rule here instead of beside the checkpoint")
     add_engine_arguments(parser)
 
@@ -48,20 +51,26 @@ def run(args: argparse.Namespace) -> int:
         raise TilelliError(f"--out {out_dir} is not a directory")
     rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
 
-    from tilelli.chat.abstain import AbstainRule, conformal_threshold, refusal_scores
-    from tilelli.chat.template import turn
+    from tilelli.chat.abstain import AbstainRule, measure
+    from tilelli.chat.session import conversation_prompt
     from tilelli.infer import load_decoder
     from tilelli.train.trainer import git_state
 
     decoder = load_decoder(path, args.engine, args.threads)
-    scores = [s.probability for s in refusal_scores(decoder, [turn(r["prompt"]) for r in rows])]
-    threshold = conformal_threshold(scores, args.alpha)
-    refused = sum(s > threshold for s in scores)
+    prompts = [conversation_prompt([tuple(t) for t in r.get("history", [])], r["prompt"], decoder.max_seq_len)[0]
+               for r in rows]
+    signals = measure(decoder, prompts)
+    kinds = sorted({r.get("kind", "request") for r in rows})
     record = {"command": " ".join(["tilelli", *sys.argv[1:]]), "checkpoint": path.name,
               "calibration": {"file": source.name, "sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
-                              "requests": len(rows), "refused_at_threshold": refused},
+                              "prompts": len(rows), "kinds": {k: sum(r.get("kind", "request") == k for r in rows)
+                                                              for k in kinds}},
               "git": git_state(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    written = AbstainRule(threshold, args.alpha, record).save(out_dir)
-    print(f"abstain when P(refusal) > {threshold:.4f} (alpha {args.alpha}: {refused} of {len(rows)} "
-          f"calibration requests above it) -> {written}")
+    rule = AbstainRule.calibrate(signals, args.alpha, record)
+    refused = sum(rule.decide(s).abstain for s in signals)
+    record["calibration"]["refused_at_thresholds"] = refused
+    written = rule.save(out_dir)
+    print(f"abstain when P(refusal) > {rule.refusal_threshold:.4f} or surprise > {rule.surprise_threshold:.3f} "
+          f"bits/byte (alpha {args.alpha}, {args.alpha / 2:g} each: {refused} of {len(rows)} calibration "
+          f"prompts refused) -> {written}")
     return 0

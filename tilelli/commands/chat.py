@@ -18,7 +18,9 @@ import argparse
 import codecs
 import json
 import sys
+from dataclasses import replace
 
+from tilelli.chat.defaults import CHAT_SAMPLING
 from tilelli.commands.options import abstain_rule, add_abstain_argument, add_engine_arguments, add_sampling_arguments
 from tilelli.errors import TilelliError
 
@@ -31,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or $TILELLI_CHAT_CHECKPOINT)")
     parser.add_argument("--prompt", help="ask one message, print the reply and exit")
     parser.add_argument("--json", action="store_true", help="with --prompt: print one JSON object")
-    add_sampling_arguments(parser, max_new_tokens=600, temperature=0.7, top_p=0.9)
+    add_sampling_arguments(parser, max_new_tokens=CHAT_SAMPLING.max_new_tokens, temperature=CHAT_SAMPLING.temperature,
+                           top_p=CHAT_SAMPLING.top_p)
     add_abstain_argument(parser)
     add_engine_arguments(parser)
     parser.epilog = HELP
@@ -58,10 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
     from tilelli.chat.session import ChatSession
     from tilelli.infer import load_decoder
-    from tilelli.infer.generate import SamplingConfig
-
-    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                              top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    sampling = replace(CHAT_SAMPLING, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                       top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     rule = abstain_rule(args.abstain_threshold, path)
     session = ChatSession(load_decoder(path, args.engine, args.threads), sampling, rule)
     if args.prompt is not None:

@@ -14,6 +14,7 @@ import argparse
 import socket
 import sys
 
+from tilelli.chat.defaults import CHAT_SAMPLING
 from tilelli.commands.options import (
     abstain_rule,
     add_abstain_argument,
@@ -44,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                            "or $TILELLI_CHAT_CHECKPOINT)")
     add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     add("--port", type=_port, default=8000, help="TCP port (default 8000; 0 = any free port)")
-    add_sampling_arguments(parser, max_new_tokens=600, temperature=0.7, top_p=0.9)
+    add_sampling_arguments(parser, max_new_tokens=CHAT_SAMPLING.max_new_tokens, temperature=CHAT_SAMPLING.temperature,
+                           top_p=CHAT_SAMPLING.top_p)
     add_abstain_argument(parser)
     for action in parser._actions:  # the sampling options are per-request defaults here; say so
         if action.dest == "max_new_tokens":

@@ -35,6 +35,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tilelli.chat.defaults import CHAT_SAMPLING
 from tilelli.infer.generate import Decoder, SamplingConfig
 from tilelli.serve import protocol
 from tilelli.serve.protocol import ApiError, GenerationRequest
@@ -108,7 +109,7 @@ class _Channel:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
 
     async def events(self) -> AsyncIterator[tuple[str, Any]]:
-        """("piece", Piece), ("abstain", p), then ("done", (stop_reason, n)) or ("error", (status, msg))."""
+        """("piece", Piece), ("decision", Decision), then ("done", (stop_reason, n)) or ("error", (status, msg))."""
         text = Utf8Text()
         while True:
             kind, value = await self.queue.get()
@@ -186,7 +187,7 @@ def create_app(load: Callable[[], Decoder], model: str, defaults: SamplingConfig
     `model` is the name clients send; `defaults` hold the sampling settings a request leaves out,
     and `defaults.max_new_tokens` is both the default and the cap of a request's max_tokens;
     `rule` is the chat endpoint's `AbstainRule` (tilelli.chat.abstain), as in `tilelli chat`."""
-    state = ServeState(load, model, defaults or SamplingConfig(max_new_tokens=600, temperature=0.7, top_p=0.9),
+    state = ServeState(load, model, defaults or CHAT_SAMPLING,
                        limits or Limits(), on_failure, rule)
     page = resources.files("tilelli.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
@@ -255,8 +256,7 @@ def create_app(load: Callable[[], Decoder], model: str, defaults: SamplingConfig
         parse = protocol.parse_chat if chat else protocol.parse_completion
         req = parse(body, state.defaults, state.defaults.max_new_tokens, state.context)
         channel = _Channel()
-        job = Job(req.prompt, req.cfg, channel.deliver, want_abstain=req.abstain_probability,
-                  rule=state.rule if chat else None)
+        job = Job(req.prompt, req.cfg, channel.deliver, chat=chat, rule=state.rule if chat else None)
         try:
             worker.submit(job)
         except QueueFull as e:
@@ -276,27 +276,28 @@ def create_app(load: Callable[[], Decoder], model: str, defaults: SamplingConfig
         return {"byte_confidences": protocol.rounded(piece.byte_probs),
                 "char_confidences": protocol.rounded(piece.char_probs)}
 
-    def _final_extras(req: GenerationRequest, text: str, p_abstain: float | None) -> dict[str, Any]:
-        if not req.chat:
+    def _final_extras(req: GenerationRequest, text: str, decision: Any) -> dict[str, Any]:
+        """The chat decision's fields (tilelli.chat.abstain): abstained, why, and on request its signals."""
+        if not req.chat or decision is None:
             return {}
-        from tilelli.chat.template import is_refusal
-
-        out: dict[str, Any] = {"abstained": is_refusal(text), "dropped_turns": req.dropped_turns}
+        out: dict[str, Any] = {"abstained": decision.abstained(text), "abstain_reason": decision.reason,
+                               "dropped_turns": req.dropped_turns}
         if req.abstain_probability:
-            out["abstain_probability"] = p_abstain
+            out["abstain_probability"] = protocol.finite(decision.signals.refusal)
+            out["surprise"] = protocol.finite(decision.signals.surprise)
         return out
 
     async def _whole(request: Request, req: GenerationRequest, channel: _Channel) -> Response:
         """Collect the reply; stop early (and free the slot) when the client disconnects."""
         async def collect() -> tuple[Piece, float | None, tuple[str, Any]]:
-            whole, p_abstain = Piece(), None
+            whole, decision = Piece(), None
             async for kind, value in channel.events():
                 if kind == "piece":
                     whole.extend(value)
-                elif kind == "abstain":
-                    p_abstain = value
+                elif kind == "decision":
+                    decision = value
                 else:
-                    return whole, p_abstain, (kind, value)
+                    return whole, decision, (kind, value)
             raise AssertionError("the event stream ended without done or error")
 
         async def disconnected() -> None:
@@ -311,7 +312,7 @@ def create_app(load: Callable[[], Decoder], model: str, defaults: SamplingConfig
         if not work.done():
             work.cancel()
             return Response(status_code=499)  # nobody reads it: the client has gone
-        whole, p_abstain, (kind, value) = work.result()
+        whole, decision, (kind, value) = work.result()
         if kind == "error":
             raise ApiError(value[0], value[1])
         reason, generated = value
@@ -320,7 +321,7 @@ def create_app(load: Callable[[], Decoder], model: str, defaults: SamplingConfig
             choice["message"] = {"role": "assistant", "content": whole.text}
         else:
             choice["text"] = whole.text
-        choice.update(_extras(req, whole), **_final_extras(req, whole.text, p_abstain))
+        choice.update(_extras(req, whole), **_final_extras(req, whole.text, decision))
         return JSONResponse({"id": protocol.new_id(req.chat), "object": "chat.completion" if req.chat
                              else "text_completion", "created": protocol.now(), "model": model,
                              "choices": [choice], "usage": protocol.usage(len(req.prompt), generated)})
@@ -338,14 +339,14 @@ def create_app(load: Callable[[], Decoder], model: str, defaults: SamplingConfig
 
         if req.chat:
             yield chunk({"delta": {"role": "assistant", "content": ""}})
-        text, p_abstain = [], None
+        text, decision = [], None
         async for kind, value in channel.events():
             if kind == "piece":
                 text.append(value.text)
                 body = {"delta": {"content": value.text}} if req.chat else {"text": value.text}
                 yield chunk({**body, **_extras(req, value)})
-            elif kind == "abstain":
-                p_abstain = value
+            elif kind == "decision":
+                decision = value
             elif kind == "error":
                 status, message = value
                 yield _sse(ApiError(status, message).body())
@@ -355,7 +356,7 @@ def create_app(load: Callable[[], Decoder], model: str, defaults: SamplingConfig
                 reason, generated = value
                 body = {"delta": {}} if req.chat else {"text": ""}
                 yield chunk({**body, "finish_reason": protocol.FINISH.get(reason, reason),
-                             **_final_extras(req, "".join(text), p_abstain)})
+                             **_final_extras(req, "".join(text), decision)})
                 if req.include_usage:
                     yield _sse({**head, "choices": [], "usage": protocol.usage(len(req.prompt), generated)})
                 yield "data: [DONE]\n\n"

@@ -26,8 +26,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from tilelli.chat.session import conversation_prompt
 from tilelli.chat.template import END_BYTE, USER_BYTE
-from tilelli.chat.template import prompt as chat_prompt
 from tilelli.errors import TilelliError
 from tilelli.infer.generate import SamplingConfig
 
@@ -254,9 +254,8 @@ def parse_chat(body: dict, defaults: SamplingConfig, cap: int, context: int) -> 
     end of the assistant's turn."""
     cfg, stream, usage = _common(body, defaults, cap, chat=True)
     history, user = chat_turns(body.get("messages"))
-    room = min(cfg.max_new_tokens, context // 2)  # what tilelli chat keeps free for the reply
-    try:
-        data, dropped = chat_prompt(history, user, context, room)
+    try:  # the prompt `tilelli chat` would build: the same room for the reply, the same dropped turns
+        data, dropped = conversation_prompt(history, user, context, cfg)
     except TilelliError as e:
         raise bad(str(e), "messages", "context_length_exceeded") from None
     return GenerationRequest(True, data, cfg, stream, usage, _bool(body, "confidences"),
@@ -281,3 +280,8 @@ def usage(prompt_bytes: int, generated: int) -> dict[str, int]:
 
 def rounded(probs: list[float]) -> list[float]:
     return [round(p, 6) for p in probs]
+
+
+def finite(x: float) -> float | None:
+    """A number for JSON: rounded, or null when it is nan or infinite (JSON has neither)."""
+    return round(x, 6) if math.isfinite(x) else None

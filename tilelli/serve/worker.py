@@ -10,7 +10,7 @@ join and leave the batch without ever seeing each other's state.
 Each job's results go to its `deliver` callback, called on the worker thread with one event
 at a time (the server passes a callback that hands them to the asyncio loop):
 
-    ("abstain", float)        the abstain probability, first, when the job asked for it
+    ("decision", Decision)    a chat job's answer-or-abstain decision (tilelli.chat.abstain), first
     ("bytes", [GeneratedByte])  bytes that became final in a step
     ("done", (stop_reason, generated_bytes))  last event of a job that ran
     ("error", (status, message))  last event of a job that could not run or failed: HTTP
@@ -20,9 +20,9 @@ at a time (the server passes a callback that hands them to the asyncio loop):
 A cancelled job gets no further events; its sequence (and its caches) leave the batch before
 the next forward call.
 
-A chat job with an abstain rule (tilelli.chat.abstain) is decided before it joins the batch:
-above the threshold its reply is the refusal, delivered at once; below it the job decodes with
-the refusal's opening byte banned as its first byte.
+A chat job is decided before it joins the batch (`tilelli.chat.abstain.decide`, the decision
+`tilelli chat` makes): when its rule abstains, the reply is the refusal, delivered at once;
+otherwise the job decodes as an answer (`answer_sampling`: valid UTF-8, never quoting a refusal).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import threading
 import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from tilelli.errors import TilelliError
@@ -58,8 +58,8 @@ class Job:
     prompt: bytes
     cfg: SamplingConfig
     deliver: Callable[[Event], None]
-    want_abstain: bool = False
-    rule: Any = None  # an AbstainRule for chat jobs, or None
+    chat: bool = False  # decided first (tilelli.chat.abstain.decide), then answered or refused
+    rule: Any = None  # the chat job's AbstainRule, or None (the greedy decision)
     stream: Stream | None = None
     cancelled: bool = False
     finished: bool = False  # its last event was delivered
@@ -174,17 +174,15 @@ class DecodeWorker:
             return
         try:
             cfg = job.cfg
-            if job.want_abstain or job.rule is not None:
-                from tilelli.chat.abstain import refusal_scores
+            if job.chat:
+                from tilelli.chat.abstain import answer_sampling, decide
 
-                score = refusal_scores(self.decoder, [job.prompt])[0]
-                if job.want_abstain:
-                    job.deliver(("abstain", score.probability))
-                if job.rule is not None and job.rule.abstains(score):
-                    self._refuse(job, score)
+                decision = decide(self.decoder, job.rule, job.prompt)
+                job.deliver(("decision", decision))
+                if decision.abstain:
+                    self._refuse(job, decision)
                     return
-                if job.rule is not None:
-                    cfg = replace(cfg, ban_first=job.rule.answer_ban())
+                cfg = answer_sampling(cfg, job.rule)
             job.stream = self._batch.add(job.prompt, cfg)
         except TilelliError as e:
             self._finish(job, ("error", (400, str(e))))
@@ -197,15 +195,14 @@ class DecodeWorker:
         if job.stream.done:  # max_tokens 0: done before any step
             self._finish(job, ("done", (job.stream.stop_reason, 0)))
 
-    def _refuse(self, job: Job, score: Any) -> None:
-        """The rule abstained: the reply is the refusal (cut at max_tokens), never decoded."""
-        from tilelli.chat.abstain import REFUSAL_REPLY
-
-        n = min(len(REFUSAL_REPLY) - 1, job.cfg.max_new_tokens)  # without the END byte
+    def _refuse(self, job: Job, decision: Any) -> None:
+        """The rule abstained: the reply is its refusal (cut at max_tokens), never decoded."""
+        text = decision.reply.encode("utf-8")
+        n = min(len(text), job.cfg.max_new_tokens)
         if n:
-            pieces = zip(REFUSAL_REPLY[:n], score.byte_probs[:n], strict=True)
+            pieces = zip(text[:n], decision.byte_probs[:n], strict=True)
             job.deliver(("bytes", [GeneratedByte(b, p) for b, p in pieces]))
-        self._finish(job, ("done", ("stop" if n == len(REFUSAL_REPLY) - 1 else "max_new_tokens", n)))
+        self._finish(job, ("done", ("stop" if n == len(text) else "max_new_tokens", n)))
 
     def _drop(self, job: Job) -> None:
         if job.stream is not None:
