@@ -1,82 +1,113 @@
-"""Re-check benchmarks/results/chat.json (the README's chat tables and samples) from the shipped
-chat checkpoints: rebuild the held-out sets from ../shared/data, re-run every measurement, compare.
+"""Re-check benchmarks/results/chat.json (the README's chat tables and conversations) from the
+shipped chat checkpoints: rebuild the held-out sets from ../shared/data, re-calibrate, re-run
+every measurement, compare; and check the issue-23 targets the README states.
 
-Tolerances: each model's abstain threshold, re-calibrated, within 0.01; refusal and
-false-refusal rates (under the calibrated rule and under the greedy decision) within 2 points, the per-kind refusal
-rates of other prompts within 4 points (50 prompts each: 2 prompts), reply bpb within 0.5 %,
-the abstain-probability AUROC within 0.01 (greedy decisions and float sums may differ slightly
-between CPUs and instruction sets); the data hashes, held-out sizes and sample replies exactly,
-and the README's chat block must equal chat.md. Exits 1 and names every number that does not
-reproduce. About 15 minutes on 2 CPU cores.
+Tolerances: each model's thresholds, re-calibrated, within 0.01 (refusal probability) and 0.05
+bits per byte (surprise); every refusal rate (kind x context) within 3 points; reply bpb within
+0.5 %; AUROCs within 0.01 (float sums and seeded sampling may differ slightly between CPUs and
+instruction sets). Exactly: the data hashes, the held-out sizes, zero answers quoting a refusal
+and zero invalid UTF-8, and the scripted conversations' replies (same CPU class); the README's
+chat block must equal chat.md. Targets (on the published numbers and on the re-measured ones):
+facts refused >= 97 %, story requests refused <= 3 %, small talk <= 5 %, each unservable kind
+>= 95 %, every conversation rate within 3 points of its single-turn rate, for the default
+(ternary) model. Exits 1 and names every number that does not reproduce or target that is not
+met. About 10 minutes per model on 2 CPU cores.
 
-    python reproduce/chat.py
+    python reproduce/chat.py [--model NAME]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from chat_eval import MARKERS, README, RESULTS, SHARED, markdown, measure, samples_markdown  # noqa: E402
+from chat_eval import (  # noqa: E402
+    CONTEXTS,
+    MARKERS,
+    README,
+    RESULTS,
+    SHARED,
+    markdown,
+    measure_model,
+    script_markdown,
+)
 from checker import Checker  # noqa: E402
 from samples import readme_with  # noqa: E402
 
-from tilelli.chat.abstain import conformal_threshold, refusal_scores  # noqa: E402
+from tilelli.chat.abstain import AbstainRule  # noqa: E402
 from tilelli.chat.dataset import build  # noqa: E402
-from tilelli.chat.template import turn  # noqa: E402
+from tilelli.commands.calibrate import row_signals  # noqa: E402
 from tilelli.infer import load_decoder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RATE, OTHER_RATE, BPB, AUROC, THRESHOLD = 0.02, 0.04, 0.005, 0.01, 0.01
+RATE, BPB, AUROC, REFUSAL_T, SURPRISE_T = 0.03, 0.005, 0.01, 0.01, 0.05
+DEFAULT = "tilelli-chat-lite-ternary"
+TARGETS = {"fact": (">=", 0.97), "request": ("<=", 0.03), "small_talk": ("<=", 0.05), "gibberish": (">=", 0.95),
+           "language": (">=", 0.95), "code": (">=", 0.95), "arithmetic": (">=", 0.95)}
 
 
-def calibrated(checkpoint: Path, data: Path, alpha: float) -> float:
-    """The abstain threshold `tilelli calibrate` computes for `checkpoint` now."""
-    rows = [json.loads(line) for line in (data / "eval" / "calibration.jsonl").read_text().splitlines()]
-    scores = refusal_scores(load_decoder(checkpoint), [turn(r["prompt"]) for r in rows])
-    return conformal_threshold([s.probability for s in scores], alpha)
+def targets(checker: Checker, row: dict, label: str) -> None:
+    """The issue-23 targets on one model's rates (single turn, and conversation vs single)."""
+    for kind, (op, bound) in TARGETS.items():
+        d = row["refused"][kind]
+        single = d["single"]["rate"]
+        met = single >= bound if op == ">=" else single <= bound
+        checker.check(f"{label}: {kind} refused {op} {bound:.0%} (single turn: {single:.3f})", True, met)
+        for c in CONTEXTS[1:]:
+            if d[c]["n"]:
+                checker.check(f"{label}: {kind} {c} within 3 points of single ({d[c]['rate']:.3f} vs {single:.3f})",
+                              True, abs(d[c]["rate"] - single) <= 0.03 + 1e-9)
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="re-measure only this model (default: every published one)")
+    args = ap.parse_args()
     checker = Checker()
     published = json.loads((RESULTS / "chat.json").read_text())
+    pubs = [p for p in published["models"] if args.model in (None, p["name"])]
+    for pub in pubs:
+        if pub["name"] == DEFAULT:
+            targets(checker, pub, f"{pub['name']} (published)")
     with tempfile.TemporaryDirectory() as tmp:
-        meta = build(SHARED, Path(tmp) / "chat")
+        data = Path(tmp) / "chat"
+        meta = build(SHARED, data)
         checker.check("chat set train sha256", published["data"]["train_sha256"], meta["train"]["sha256"])
         checker.check("held-out sizes", published["data"]["held_out"], meta["held_out"])
-        for pub in published["models"]:
-            now = measure(pub["name"], ROOT / pub["checkpoint"], ROOT / pub["base"], Path(tmp) / "chat", 0)
-            name = pub["name"]
-            checker.check(f"{name} has an abstain rule", pub["rule"] is not None, now["rule"] is not None)
-            if pub["rule"] is not None and now["rule"] is not None:
-                checker.check(f"{name} abstain threshold", pub["rule"]["threshold"],
-                              calibrated(ROOT / pub["checkpoint"], Path(tmp) / "chat", pub["rule"]["alpha"]),
-                              THRESHOLD, absolute=True)
-            greedy = (" (greedy)", pub["greedy_decision"], now["greedy_decision"])
-            for decision, p, n in ((" (rule)", pub, now), greedy):
-                for group, subsets in (("facts_refused", ("all", "seen_form", "unseen_form")),
-                                       ("requests_refused", ("all", "seen_template", "unseen_template"))):
-                    for sub in subsets:
-                        checker.check(f"{name} {group} {sub}{decision}", p[group][sub]["rate"], n[group][sub]["rate"],
-                                      RATE, absolute=True)
-                for kind, r in p["other_refused"].items():
-                    checker.check(f"{name} refuses {kind}{decision}", r["rate"], n["other_refused"][kind]["rate"],
-                                  OTHER_RATE, absolute=True)
+        cal = [json.loads(line) for line in (data / "eval" / "calibration.jsonl").read_text().splitlines()]
+        for pub in pubs:
+            name, ckpt = pub["name"], ROOT / pub["checkpoint"]
+            if pub["rule"] is not None:
+                rule = AbstainRule.calibrate(row_signals(load_decoder(ckpt), cal), pub["rule"]["alpha"], {})
+                checker.check(f"{name} refusal threshold", pub["rule"]["refusal_threshold"], rule.refusal_threshold,
+                              REFUSAL_T, absolute=True)
+                checker.check(f"{name} surprise threshold", pub["rule"]["surprise_threshold"],
+                              rule.surprise_threshold, SURPRISE_T, absolute=True)
+            now = measure_model(name, ckpt, ROOT / pub["base"], data, 0)
+            for kind, by_context in pub["refused"].items():
+                for c, r in by_context.items():
+                    if r["n"]:
+                        checker.check(f"{name} {kind} {c}", r["rate"], now["refused"][kind][c]["rate"], RATE,
+                                      absolute=True)
+            for count in ("answers_leaking_refusal", "answers_invalid_utf8"):
+                checker.check(f"{name} {count}", 0, now[count])
             for side in ("chat", "base"):
                 checker.check(f"{name} reply bpb ({side})", pub["reply_bpb"][side]["bpb"],
                               now["reply_bpb"][side]["bpb"], BPB)
-            checker.check(f"{name} abstain AUROC", pub["abstain_probability"]["auroc_facts_vs_requests"],
-                          now["abstain_probability"]["auroc_facts_vs_requests"], AUROC, absolute=True)
-            for s_pub, s_now in zip(pub["samples"], now["samples"], strict=True):
-                same = s_pub["reply"] == s_now["reply"]
-                checker.check(f"{name} sample '{s_pub['prompt'][:24]}' identical", True, same)
-    block = markdown(published) + "\n" + samples_markdown(published)
+            for signal, value in pub["auroc"].items():
+                checker.check(f"{name} {signal} AUROC", value, now["auroc"][signal], AUROC, absolute=True)
+            for s_pub, s_now in zip(pub["script"], now["script"], strict=True):
+                checker.check(f"{name} conversation '{s_pub['prompt'][:24]}' identical", s_pub["reply"], s_now["reply"])
+            if name == DEFAULT:
+                targets(checker, now, f"{name} (re-measured)")
+    block = markdown(published) + "\n" + script_markdown(published)
     checker.check("chat.md = chat.json", True, (RESULTS / "chat.md").read_text() == block)
-    checker.check("README chat block = chat.md", True, README.read_text() == readme_with(block, README.read_text(),
-                                                                                          MARKERS))
+    checker.check("README chat block = chat.md", True,
+                  README.read_text() == readme_with(block, README.read_text(), MARKERS))
     return checker.finish("chat")
 
 

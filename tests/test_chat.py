@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,20 +14,32 @@ import numpy as np
 import pytest
 import torch
 
-from tilelli.chat import dataset
+from tilelli.chat import dataset, phrasing, unservable
 from tilelli.chat.abstain import (
     REFUSAL_REPLY,
     RULE_FILE,
     AbstainRule,
-    RefusalScore,
-    abstain_probability,
+    Signals,
     conformal_threshold,
-    refusal_scores,
+    decide,
+    measure,
+    peak_bits_per_byte,
 )
-from tilelli.chat.session import ChatSession
-from tilelli.chat.template import ASSISTANT, END, REFUSAL, USER, encode, is_refusal, prompt, turn
+from tilelli.chat.session import ChatSession, conversation_prompt
+from tilelli.chat.template import (
+    ASSISTANT,
+    END,
+    REFUSAL,
+    REFUSAL_UNREADABLE,
+    USER,
+    encode,
+    is_refusal,
+    prompt,
+    turn,
+)
 from tilelli.errors import TilelliError
 from tilelli.infer import load_decoder
+from tilelli.infer.constraints import QUOTE_MIN
 from tilelli.infer.generate import SamplingConfig
 from tilelli.infer.score import continuation_logprobs
 from tilelli.model.checkpoint import save
@@ -56,9 +68,11 @@ def shared(tmp_path_factory) -> Path:
         d.mkdir(parents=True)
     for name, off in (("TinyStories-train.head2MiB.txt", 0), ("TinyStoriesV2-GPT4-train.head10k-lines.txt", 2)):
         (ts / name).write_text("\n<|endoftext|>\n".join(stories(20, off)) + "\n<|endoftext|>\n")
-    (ts / "TinyStories-valid.head800KB.no-story-delims.txt").write_text("\n\n".join(stories(30, 1)))
+    unique = [story.replace("The end.", f"It was day {i}. The end.") for i, story in enumerate(stories(60, 1))]
+    (ts / "TinyStories-valid.head800KB.no-story-delims.txt").write_text("\n\n".join(unique))
     topics = ["river", "mountain", "king", "war", "planet", "song", "film", "city", "team", "book"]
-    qs = [f"who was the first {t} number {i}" for t in topics for i in range(8)]
+    adjectives = ["red", "old", "tall", "famous", "northern", "largest", "oldest", "first"]
+    qs = [f"who named the {a} {t}" for t in topics for a in adjectives]  # Jaccard 4/6 between neighbours
     (qa / "NQ-open.dev.jsonl").write_text("".join(json.dumps({"question": q, "answer": ["x"]}) + "\n" for q in qs[:40]))
     (qa / "NQ-open.efficientqa.dev.1.1.jsonl").write_text(
         "".join(json.dumps({"question": q, "answer": ["x"]}) + "\n" for q in qs[40:] + qs[:2]))  # 2 duplicates
@@ -76,6 +90,9 @@ def shared(tmp_path_factory) -> Path:
     cb = chat / "chatterbot_corpus_english"
     (cb / "greetings.yml").write_text("categories:\n- greetings\nconversations:\n- - Hello\n  - Hi\n  - How are you?\n"
                                       "  - Fine, thanks.\n")
+    for name in ("conversations", "emotion", "humor"):
+        (cb / f"{name}.yml").write_text(f"categories:\n- {name}\nconversations:\n- - Tell me a joke about {name}\n"
+                                        "  - Why did the cat sit on the computer? To keep an eye on the mouse.\n")
     (cb / "trivia.yml").write_text("categories:\n- trivia\nconversations:\n- - What is the tallest mountain?\n"
                                    "  - Everest\n")
     return root
@@ -84,8 +101,12 @@ def shared(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def chat_set(shared, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("chatset")
-    dataset.build(shared, out, held_out_facts=20, held_out_requests=12, other_each=4)
+    dataset.build(shared, out, sizes=SIZES)
     return out
+
+
+SIZES = dataset.Sizes(facts=20, requests=12, small_talk=10, other_each=4, conversation_each=6,
+                      calibration_requests=10, calibration_small_talk=8, dev_each=2, history_facts=10)
 
 
 def rows(path: Path) -> list[dict]:
@@ -127,37 +148,74 @@ def test_is_refusal():
 
 # --- the fine-tuning set -------------------------------------------------------------------------
 
+def train_turns(chat_set: Path) -> list[tuple[str, str]]:
+    data = (chat_set / "train.bin").read_bytes()
+    out = []
+    for t in data.split(bytes([USER]))[1:]:
+        user, _, reply = t.partition(bytes([ASSISTANT]))
+        out.append((user.decode(), reply.rstrip(bytes([END])).decode()))
+    return out
+
+
 def test_fact_split_is_by_question_without_near_duplicates(chat_set):
     held = rows(chat_set / "eval" / "facts.jsonl")
     assert len(held) == 20
-    train = open(chat_set / "train.bin", "rb").read().split(bytes([USER]))
-    refused = [t.split(bytes([ASSISTANT]))[0].decode() for t in train if REFUSAL.encode() in t]
-    train_keys = {dataset.normalise(q) for q in refused}
+    refused = [u for u, r in train_turns(chat_set) if r == REFUSAL]
+    train_keys = [set(dataset.normalise(q).split()) for q in refused]
     for f in held:
         key = set(dataset.normalise(f["question"]).split())
-        for t in train_keys:  # no training phrasing holds (nearly) the same words as a held-out question
-            words = set(t.split())
+        for words in train_keys:  # no training phrasing holds (nearly) the same words as a held-out question
             assert len(key & words) / len(key | words) < dataset.NEAR_DUPLICATE or not key <= words
-    assert {dataset.normalise(f["question"]) for f in held}.isdisjoint(
-        {dataset.normalise(dataset.phrase(q, "{q}")) for q in refused})
+
+
+def test_phrasing_families_are_split_three_ways():
+    assert phrasing.families_disjoint()
+    for table in (unservable.CODE_TASKS, unservable.CODE_FORMS, unservable.SNIPPETS, unservable.ARITHMETIC,
+                  unservable.LANGUAGES):
+        assert not set(table["train"]) & set(table["eval"])
+
+
+def test_no_held_out_prompt_is_trained_on(chat_set):
+    def key(text: str) -> str:  # case and punctuation aside, any script
+        return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
+
+    trained = {key(u) for u, _ in train_turns(chat_set)}
+    for name in ("requests", "small_talk", "other", "conversation", "calibration"):
+        for r in rows(chat_set / "eval" / f"{name}.jsonl"):
+            if r["kind"] != "gibberish":  # random letters may repeat a short trained string by chance
+                assert key(r["prompt"]) not in trained, (name, r["prompt"])
+
+
+def test_train_set_mixes_every_kind_of_turn_in_conversations(chat_set):
+    meta = json.loads((chat_set / "meta.json").read_text())
+    assert {"story", "small_talk", "fact", "unservable"} <= set(meta["train"]["units"])
+    assert any(int(n) > 1 for n in meta["train"]["turns_per_conversation"])
+    replies = {r for _, r in train_turns(chat_set)}
+    assert REFUSAL in replies and REFUSAL_UNREADABLE in replies
+    data = (chat_set / "train.bin").read_bytes()
+    assert b"I am Tilelli" in data and b"{{name}}" not in data and b"Everest" not in data  # no trivia answers
 
 
 def test_held_out_requests_come_from_the_valid_slice(chat_set, shared):
     valid = (shared / "tinystories" / "TinyStories-valid.head800KB.no-story-delims.txt").read_text()
     reqs = rows(chat_set / "eval" / "requests.jsonl")
-    assert len(reqs) == 12 and all(r["reference"] in valid for r in reqs)
-    assert {r["seen_template"] for r in reqs} == {True, False}
+    assert len(reqs) == 12 and all(r["reference"] in valid and r["context"] == "single" for r in reqs)
 
 
-def test_fact_like_instructions_are_not_taught_as_answers(chat_set):
-    train = open(chat_set / "train.bin", "rb").read()
-    assert b"Make this shorter." in train and b"Who is the president?" not in train
-    assert b"I am Tilelli" in train and b"{{name}}" not in train
+def test_conversation_rows_are_third_turns_that_fit(chat_set):
+    conv = rows(chat_set / "eval" / "conversation.jsonl")
+    assert {r["context"] for r in conv} == set(dataset.CONTEXTS)
+    assert {"fact", "request", "small_talk", "follow_up"} <= {r["kind"] for r in conv}
+    for r in conv:
+        assert len(r["history"]) == 2 and dataset.fits(r)
+        last = r["history"][1][1]
+        assert {"after_refusal": last == REFUSAL, "after_story": last.startswith("Once upon"),
+                "after_small_talk": last not in (REFUSAL,) and not last.startswith("Once")}[r["context"]]
 
 
 def test_build_is_deterministic(shared, chat_set, tmp_path):
-    dataset.build(shared, tmp_path, held_out_facts=20, held_out_requests=12, other_each=4)
-    for name in ("train.bin", "train.mask.bin", "valid.bin", "eval/facts.jsonl", "eval/other.jsonl"):
+    dataset.build(shared, tmp_path, sizes=SIZES)
+    for name in ("train.bin", "train.mask.bin", "valid.bin", "eval/facts.jsonl", "eval/conversation.jsonl"):
         assert (tmp_path / name).read_bytes() == (chat_set / name).read_bytes()
 
 
@@ -240,16 +298,34 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("engine", ["native", "torch"])
-def test_abstain_probability_is_the_teacher_forced_refusal(tiny_ckpt, engine):
+def test_signals_are_the_teacher_forced_refusals_and_the_users_surprise(tiny_ckpt, engine):
     decoder = load_decoder(tiny_ckpt, engine="auto" if engine == "native" else "torch")
     from tilelli.model.checkpoint import load
 
     model = load(tiny_ckpt).eval()
-    p = turn("What is the capital of Peru?")
-    with torch.no_grad():
-        logp = torch.log_softmax(model(torch.tensor([list(p + REFUSAL_REPLY[:-1])])).logits[0].double(), -1)
-    want = logp[len(p) - 1 :].gather(-1, torch.tensor(list(REFUSAL_REPLY))[:, None]).sum().exp().item()
-    assert abstain_probability(decoder, p) == pytest.approx(want, rel=1e-3, abs=1e-300)
+    p, _ = conversation_prompt([("hi", "yo")], "What is the capital of Peru?", 256)
+    start = p.rfind(bytes([USER])) + 1
+
+    def logp_of(reply: bytes) -> torch.Tensor:  # log P of every byte after the last USER marker
+        seq = p + reply
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([list(seq[:-1])])).logits[0].double(), -1)
+        return logp[start - 1:].gather(-1, torch.tensor(list(seq[start:]))[:, None])[:, 0]
+
+    n_text = len(p) - start - 1
+    refusals = [REFUSAL_REPLY, REFUSAL_UNREADABLE.encode() + bytes([END])]
+    want = sum(logp_of(r)[n_text + 1:].sum().exp().item() for r in refusals)
+    s = measure(decoder, [p])[0]
+    assert s.refusal == pytest.approx(want, rel=1e-3, abs=1e-300)
+    assert s.surprise == pytest.approx(peak_bits_per_byte(logp_of(REFUSAL_REPLY)[:n_text].numpy()), abs=2e-3)
+    assert s.likelier in ("fact", "unreadable")
+
+
+def test_peak_bits_per_byte_is_the_worst_window():
+    lp = -np.log(2) * np.array([1.0] * 40 + [9.0] * 4 + [1.0] * 40)  # 9 bits for 4 bytes in the middle
+    assert peak_bits_per_byte(lp, window=4) == pytest.approx(9.0)
+    assert peak_bits_per_byte(lp, window=32) == pytest.approx((28 + 36) / 32)
+    assert peak_bits_per_byte(lp[:3], window=32) == pytest.approx(1.0) and math.isnan(peak_bits_per_byte(lp[:0]))
 
 
 def test_continuation_logprobs_match_between_engines(tiny_ckpt):
@@ -260,14 +336,17 @@ def test_continuation_logprobs_match_between_engines(tiny_ckpt):
         np.testing.assert_allclose(x, y, atol=1e-3)
 
 
+REPLY_KEYS = {"reply", "abstained", "reason", "confidence", "abstain_probability", "surprise", "stop_reason"}
+
+
 def test_session_keeps_history_and_reports_its_numbers(tiny_ckpt):
     s = ChatSession(load_decoder(tiny_ckpt), SamplingConfig(max_new_tokens=20, temperature=0))
     got = bytearray()
     r = s.reply("hello", on_bytes=got.extend)
-    assert r.text == got.decode("utf-8", "replace") and len(r.probs) == len(got)
-    assert r.stop_reason in ("stop", "max_new_tokens") and 0 <= r.abstain_probability <= 1
+    assert r.text == got.decode("utf-8") and len(r.probs) == len(got)  # valid UTF-8 by construction
+    assert r.stop_reason in ("stop", "max_new_tokens") and 0 <= r.abstain_probability <= 1 and r.surprise > 0
     assert s.history == [("hello", r.text)]
-    assert set(r.to_dict()) == {"reply", "abstained", "confidence", "abstain_probability", "stop_reason"}
+    assert set(r.to_dict()) == REPLY_KEYS
     for _ in range(12):  # 12 turns of ~30 bytes outgrow a 256-byte context: the oldest are dropped
         r = s.reply("tell me more")
     assert r.dropped_turns > 0 or len(s.history) < 13
@@ -287,20 +366,34 @@ def test_conformal_threshold_is_the_rank_that_bounds_false_refusals():
         conformal_threshold(scores[:5], 0.1)
 
 
-def test_refusal_scores_give_the_whole_refusal_and_its_bytes(tiny_ckpt):
-    s = refusal_scores(load_decoder(tiny_ckpt), [turn("hi")])[0]
-    assert len(s.byte_probs) == len(REFUSAL_REPLY) - 1  # END has no byte of its own in the reply
-    assert 0 < s.probability <= math.prod(s.byte_probs) * (1 + 1e-6)  # times P(END | refusal) <= 1
-    assert math.isnan(refusal_scores(load_decoder(tiny_ckpt), [b"x" * 250])[0].probability)  # no room left
+def test_calibration_splits_alpha_so_the_union_bound_holds():
+    rng = np.random.default_rng(0)
+    signals = [Signals(float(a), float(b)) for a, b in rng.random((400, 2))]
+    rule = AbstainRule.calibrate(signals, 0.1, {"n": 400})
+    assert rule.refusal_threshold == conformal_threshold([s.refusal for s in signals], 0.05)
+    assert rule.surprise_threshold == conformal_threshold([s.surprise for s in signals], 0.05)
+    assert sum(rule.decide(s).abstain for s in signals) / len(signals) <= 0.1
 
 
-def test_abstain_rule_decides_bans_and_round_trips(tmp_path):
-    rule = AbstainRule(0.25, 0.03, {"requests": 3})
-    assert rule.abstains(RefusalScore(0.3)) and not rule.abstains(RefusalScore(0.25))
-    assert not rule.abstains(RefusalScore(float("nan")))
-    assert rule.answer_ban() == (ord("I"),)  # an answer never opens like the refusal
-    rule.save(tmp_path)
-    assert AbstainRule.load(tmp_path) == rule
+def test_measure_leaves_prompts_without_room_for_the_refusal_unscored(tiny_ckpt):
+    s = measure(load_decoder(tiny_ckpt), [turn("x" * 240)])[0]
+    assert math.isnan(s.refusal) and math.isnan(s.surprise)
+    assert not AbstainRule(0.0, 0.1).decide(s).abstain  # nan never abstains
+    with pytest.raises(TilelliError, match="user turn"):
+        measure(load_decoder(tiny_ckpt), [b"no markers"])
+
+
+def test_abstain_rule_decides_why_and_round_trips(tmp_path):
+    rule = AbstainRule(0.25, 5.0, 0.03, {"prompts": 3})
+    assert rule.decide(Signals(0.3, 1.0)).reason == "fact" and rule.decide(Signals(0.3, 1.0)).reply == REFUSAL
+    assert rule.decide(Signals(0.3, 1.0, "unreadable")).reply == REFUSAL_UNREADABLE  # the likelier refusal
+    assert rule.decide(Signals(0.1, 6.0)).reason == "unreadable"
+    assert not rule.decide(Signals(0.25, 5.0)).abstain and not rule.decide(Signals(math.nan, math.nan)).abstain
+    for r in (rule, AbstainRule(0.5)):  # an infinite surprise threshold survives JSON
+        r.save(tmp_path)
+        assert AbstainRule.load(tmp_path) == r
+    (tmp_path / RULE_FILE).write_text(json.dumps({"threshold": 0.2, "alpha": 0.03}))  # a rule from before v2
+    assert AbstainRule.load(tmp_path) == AbstainRule(0.2, math.inf, 0.03)
     assert AbstainRule.load(tmp_path / "elsewhere") is None
     (tmp_path / RULE_FILE).write_text("{}")
     with pytest.raises(TilelliError, match="tilelli calibrate"):
@@ -309,14 +402,26 @@ def test_abstain_rule_decides_bans_and_round_trips(tmp_path):
         AbstainRule(1.5)
 
 
+def test_decide_gives_the_refusals_own_byte_probabilities(tiny_ckpt):
+    decoder = load_decoder(tiny_ckpt)
+    for rule, reply in ((AbstainRule(0.0, 1e9), None), (AbstainRule(1.0, 1e-9), REFUSAL_UNREADABLE)):
+        d = decide(decoder, rule, turn("hello"))
+        assert d.abstain and len(d.byte_probs) == len(d.reply.encode()) and all(0 < p < 1 for p in d.byte_probs)
+        assert reply is None or d.reply == reply
+    assert not decide(decoder, None, turn("hello")).abstain  # no rule: the generated reply decides
+
+
 def test_session_with_a_rule_refuses_above_the_threshold_and_answers_below(tiny_ckpt):
     decoder, greedy = load_decoder(tiny_ckpt), SamplingConfig(max_new_tokens=20, temperature=0)
     got = bytearray()
     r = ChatSession(decoder, greedy, AbstainRule(0.0)).reply("hello", on_bytes=got.extend)
-    assert r.abstained and r.text == REFUSAL == got.decode() and r.stop_reason == "stop"
-    assert 0 < r.confidence < 1 and len(r.probs) == len(REFUSAL.encode())
-    r = ChatSession(decoder, greedy, AbstainRule(1.0)).reply("hello")
-    assert not r.abstained and r.text[:1] != "I" and len(r.probs) > 0
+    assert r.abstained and r.text in (REFUSAL, REFUSAL_UNREADABLE) and r.text == got.decode()
+    assert r.stop_reason == "stop" and 0 < r.confidence < 1 and len(r.probs) == len(r.text.encode())
+    hot = SamplingConfig(max_new_tokens=200, temperature=2.0, seed=3)
+    r = ChatSession(decoder, hot, AbstainRule(1.0)).reply("hello")
+    assert not r.abstained and len(r.probs) > 0
+    for text in (REFUSAL, REFUSAL_UNREADABLE):  # an answer never quotes a refusal
+        assert not any(text[i:i + QUOTE_MIN] in r.text for i in range(len(text)))
 
 
 def test_calibrate_writes_the_rule_that_chat_then_uses(tiny_ckpt, chat_set, tmp_path):
@@ -324,32 +429,32 @@ def test_calibrate_writes_the_rule_that_chat_then_uses(tiny_ckpt, chat_set, tmp_
     ckpt.mkdir()
     for f in tiny_ckpt.iterdir():
         (ckpt / f.name).write_bytes(f.read_bytes())
-    done = run_cli("calibrate", "--checkpoint", str(ckpt), "--data", str(chat_set), "--alpha", "0.2")
+    done = run_cli("calibrate", "--checkpoint", str(ckpt), "--data", str(chat_set), "--alpha", "0.4")
     assert done.returncode == 0, done.stderr
     rule = AbstainRule.load(ckpt)
     cal = rows(chat_set / "eval" / "calibration.jsonl")
-    scores = [s.probability for s in refusal_scores(load_decoder(ckpt), [turn(r["prompt"]) for r in cal])]
-    assert rule.threshold == pytest.approx(conformal_threshold(scores, 0.2)) and rule.alpha == 0.2
-    assert rule.record["calibration"]["requests"] == len(cal) > 0
+    decoder = load_decoder(ckpt)
+    prompts = [conversation_prompt([tuple(t) for t in r["history"]], r["prompt"], 256)[0] for r in cal]
+    assert rule == AbstainRule.calibrate(measure(decoder, prompts), 0.4, rule.record)
+    assert rule.record["calibration"]["prompts"] == len(cal) > 0
     ask = ("chat", "--checkpoint", str(ckpt), "--prompt", "hi", "--json", "--max-new-tokens", "8", "--temperature", "0")
     for extra, refused in ((("--abstain-threshold", "0"), True), (("--abstain-threshold", "1"), False)):
         out = json.loads(run_cli(*ask, *extra).stdout)
-        assert out["abstained"] is refused and (out["reply"] == REFUSAL) is refused
+        assert out["abstained"] is refused and (out["reply"] in (REFUSAL, REFUSAL_UNREADABLE)) is refused
     done = run_cli("calibrate", "--checkpoint", str(ckpt), "--data", str(tmp_path))
     assert done.returncode == 2 and "prepare-chat" in done.stderr
     done = run_cli(*ask, "--abstain-threshold", "2")
     assert done.returncode == 2 and "[0, 1]" in done.stderr
 
 
-def test_calibration_requests_are_disjoint_from_the_held_out_ones(shared, tmp_path):
-    root = tmp_path / "shared"
-    shutil.copytree(shared, root)
-    unique = [story.replace("The end.", f"It was day {i}. The end.") for i, story in enumerate(stories(30, 1))]
-    (root / "tinystories" / "TinyStories-valid.head800KB.no-story-delims.txt").write_text("\n\n".join(unique))
-    dataset.build(root, tmp_path / "set", held_out_facts=20, held_out_requests=12, other_each=4)
-    held = {r["reference"] for r in rows(tmp_path / "set" / "eval" / "requests.jsonl")}
-    cal = {r["reference"] for r in rows(tmp_path / "set" / "eval" / "calibration.jsonl")}
-    assert len(held) == 12 and len(cal) == 30 - 12 and not held & cal
+def test_calibration_is_disjoint_from_the_held_out_sets(chat_set):
+    cal = rows(chat_set / "eval" / "calibration.jsonl")
+    held = {r["reference"] for r in rows(chat_set / "eval" / "requests.jsonl")}
+    assert {r["kind"] for r in cal} == {"request", "small_talk"}
+    assert not held & {r.get("reference") for r in cal}
+    evaluated = {r["prompt"] for name in ("requests", "small_talk", "conversation")
+                 for r in rows(chat_set / "eval" / f"{name}.jsonl")}
+    assert not evaluated & {r["prompt"] for r in cal}
 
 
 def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -362,7 +467,7 @@ def test_chat_prompt_json(tiny_ckpt):
                    "--temperature", "0")
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    assert set(out) == {"reply", "abstained", "confidence", "abstain_probability", "stop_reason"}
+    assert set(out) == REPLY_KEYS
     assert isinstance(out["abstained"], bool) and out["stop_reason"] in ("stop", "max_new_tokens")
 
 

@@ -4,6 +4,7 @@ import torch
 from conftest import tiny
 
 from tilelli.errors import TilelliError
+from tilelli.infer.constraints import QUOTE_MIN, QUOTE_START_MIN
 from tilelli.infer.generate import Batch, SamplingConfig, as_decoder, filter_logits, generate, generate_batch, stream
 from tilelli.model.models import build_model
 
@@ -56,19 +57,46 @@ def test_seed_makes_sampling_reproducible():
     assert generate(model, b"abc", cfg)[0] != generate(model, b"abc", other)[0]
 
 
-def test_ban_first_bans_only_the_first_byte_and_keeps_the_models_confidence():
+def test_banned_bytes_are_never_chosen_and_keep_the_models_confidence():
     model = seeded_model()
     cfg = SamplingConfig(max_new_tokens=8, temperature=0)
     free, _, _ = generate(model, b"hello", cfg)
-    banned, probs, _ = generate(model, b"hello", SamplingConfig(max_new_tokens=8, temperature=0, ban_first=(free[0],)))
-    assert banned[0] != free[0]
+    avoid = (free[:QUOTE_START_MIN],)  # the free output's opening may not be written again
+    out, probs, _ = generate(model, b"hello", SamplingConfig(max_new_tokens=8, temperature=0, avoid=avoid))
+    k = QUOTE_START_MIN - 1
+    assert out[:k] == free[:k] and out[k] != free[k]
     with torch.no_grad():
-        p = model(torch.tensor([list(b"hello")])).logits[0, -1].softmax(-1)
-    assert banned[0] == int(p.topk(2).indices[1])  # the runner-up
-    assert probs[0] == pytest.approx(p[banned[0]].item(), abs=1e-6)  # its own probability, not renormalised
-    for seed in range(20):  # sampling too never picks it
-        cfg = SamplingConfig(max_new_tokens=1, temperature=5.0, seed=seed, ban_first=(free[0],))
-        assert generate(model, b"hello", cfg)[0][0] != free[0]
+        p = model(torch.tensor([list(b"hello" + out[:k])])).logits[0, -1].softmax(-1)
+    assert out[k] == int(p.topk(2).indices[1])  # the runner-up
+    assert probs[k] == pytest.approx(p[out[k]].item(), abs=1e-6)  # its own probability, not renormalised
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_constrained_sampling_is_valid_utf8_and_never_quotes(seed):
+    """A random model at temperature 3 writes arbitrary bytes; the constraints must hold anyway."""
+    model = seeded_model()
+    text = b"I can't answer that. Facts like that are beyond a 10M model."
+    cfg = SamplingConfig(max_new_tokens=300, temperature=3.0, seed=seed, valid_utf8=True, avoid=(text,))
+    prompt = "日本語 I can't answer that. Facts like th".encode()
+    free, _, _ = generate(model, prompt, SamplingConfig(max_new_tokens=300, temperature=3.0, seed=seed))
+    with pytest.raises(UnicodeDecodeError):
+        free.decode("utf-8")  # without the constraint, this model does write invalid UTF-8
+    out, _, _ = generate(model, prompt, cfg)
+    out.decode("utf-8")
+    assert not any(text[i:i + QUOTE_MIN] in out for i in range(len(text) - QUOTE_MIN + 1))
+    assert not text.startswith(out[:QUOTE_START_MIN])
+
+
+def test_a_character_is_never_cut_by_the_byte_limit():
+    model = seeded_model(max_seq_len=40)
+    for n in range(1, 12):
+        out, _, _ = generate(model, b"abc", SamplingConfig(max_new_tokens=n, temperature=3.0, seed=n, valid_utf8=True))
+        out.decode("utf-8")
+        assert len(out) <= n
+    out, _, reason = generate(model, b"0123456789" * 3, SamplingConfig(max_new_tokens=50, temperature=3.0, seed=1,
+                                                                      valid_utf8=True))
+    assert reason == "context" or len(out) < 11
+    out.decode("utf-8")
 
 
 def test_top_k_1_and_tiny_top_p_are_greedy():
@@ -161,7 +189,7 @@ def test_context_limit_stops_generation():
 @pytest.mark.parametrize("kw,msg", [
     (dict(max_new_tokens=-1), "max_new_tokens"), (dict(temperature=-0.1), "temperature"),
     (dict(top_k=-2), "top_k"), (dict(top_p=0.0), "top_p"), (dict(stop=(b"",)), "stop"),
-    (dict(ban_first=(256,)), "ban_first"),
+    (dict(avoid=(b"",)), "avoid"),
 ])
 def test_bad_sampling_values(kw, msg):
     with pytest.raises(TilelliError, match=msg):

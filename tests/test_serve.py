@@ -27,7 +27,7 @@ import torch
 from conftest import tiny
 
 from tilelli.chat.abstain import AbstainRule
-from tilelli.chat.template import END, REFUSAL
+from tilelli.chat.template import END, REFUSAL, REFUSAL_UNREADABLE
 from tilelli.infer import load_decoder
 from tilelli.infer.generate import GeneratedByte, SamplingConfig
 from tilelli.model.checkpoint import save
@@ -199,7 +199,8 @@ def test_chat_stream_format_role_first_finish_last_usage_done(fake):
     assert first["object"] == "chat.completion.chunk"
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert all(e["choices"][0]["finish_reason"] is None and "role" not in e["choices"][0]["delta"] for e in middle)
-    assert "".join(e["choices"][0]["delta"]["content"] for e in middle) == "Hé€\ufffd"  # 7 bytes: 😀 cut
+    # 7 bytes: 😀's four do not fit after "Hé€", so a chat reply (always valid UTF-8) takes another byte
+    assert "".join(e["choices"][0]["delta"]["content"] for e in middle) == "Hé€\x00"
     assert last["choices"][0]["finish_reason"] == "length" and last["choices"][0]["delta"] == {}
     assert last["choices"][0]["abstained"] is False
     assert usage["choices"] == [] and usage["usage"] == {"prompt_tokens": 4, "completion_tokens": 7,
@@ -238,10 +239,12 @@ def test_an_abstain_rule_decides_chat_replies_but_not_completions():
     with serving(app) as base:
         steps = decoder.steps
         choice = httpx.post(base + "/v1/chat/completions", json={"messages": chat("hello")}).json()["choices"][0]
-        assert choice["message"]["content"] == REFUSAL and choice["abstained"] is True
+        # (the fake's uniform predictions make the shorter refusal the likelier one)
+        assert choice["message"]["content"] == REFUSAL_UNREADABLE and choice["abstained"] is True
+        assert choice["abstain_reason"] == "unreadable"
         assert choice["finish_reason"] == "stop" and decoder.steps == steps + 1  # scored, never decoded
         events = stream(base, "/v1/chat/completions", {"messages": chat("hello"), "max_tokens": 5})
-        assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == REFUSAL[:5]
+        assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == REFUSAL_UNREADABLE[:5]
         assert events[-2]["choices"][0]["finish_reason"] == "length"
         text = httpx.post(base + "/v1/completions", json={"prompt": "hello", "max_tokens": 3}).json()
         assert text["choices"][0]["text"] == "Hi!"

@@ -153,7 +153,9 @@ class AbstainRule:
 
     def save(self, checkpoint_dir: Path) -> Path:
         path = Path(checkpoint_dir) / RULE_FILE
-        path.write_text(json.dumps(asdict(self), indent=1) + "\n")
+        d = asdict(self)
+        d["surprise_threshold"] = d["surprise_threshold"] if math.isfinite(self.surprise_threshold) else None
+        path.write_text(json.dumps(d, indent=1) + "\n")
         return path
 
     @classmethod
@@ -165,7 +167,8 @@ class AbstainRule:
         try:
             d = json.loads(path.read_text())
             refusal = d["refusal_threshold"] if "refusal_threshold" in d else d["threshold"]  # (rules before v2)
-            return cls(float(refusal), float(d.get("surprise_threshold", math.inf)),
+            surprise = d.get("surprise_threshold")
+            return cls(float(refusal), math.inf if surprise is None else float(surprise),
                        d.get("alpha"), d.get("record", {}))
         except (ValueError, KeyError, TypeError) as e:
             raise TilelliError(f"{path} is not a valid abstain rule ({e}); rerun `tilelli calibrate`") from None

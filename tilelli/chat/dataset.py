@@ -99,6 +99,7 @@ class Sizes:
     calibration_requests: int = 300
     calibration_small_talk: int = 150
     dev_each: int = 20
+    history_facts: int = 200  # questions only used inside conversation histories
 
 
 @dataclass
@@ -402,7 +403,7 @@ def build(shared: Path, out: Path, seed: int = 0, sizes: Sizes = Sizes()) -> dic
         if not fact_like(turns[0][0]):
             small.append(turns)
     small += [[(q, a)] for q, a, src in sources.instructions(chat) if src == "identity"]
-    n_held = sizes.facts + sizes.conversation_each * 2 + 200  # single, third turn, histories
+    n_held = sizes.facts + sizes.conversation_each * 2 + sizes.history_facts  # single, third turn, histories
     train_q, held_q, removed = split_facts(sources.facts(qa, chat), n_held, rng)
     facts = [phrasing.fact_question(q, "train", rng)[0] for q, _ in train_q]
     train_stories = [s for path in train_files for s in sources.tinystories(path)]

@@ -97,7 +97,7 @@ SNIPPETS = {"train": ("def g(n):\n    return n + {k}", "Explain: while x < {k}: 
                      "x = [i**2 for i in range({k})]\nprint(x)")}
 ARITHMETIC = {"train": ("{a} {op} {b}", "{a}{op}{b}=?", "Calculate {a} {op} {b}", "What's {a} {op} {b}?",
                         "Tell me {a} {op} {b}.", "Can you add up {a} {op} {b}?"),
-              "eval": ("What is {a} {op} {b}?", "{a} {op} {b} =", "Compute {a} {op} {b}.", "what's {a}{op}{b}",
+              "eval": ("What is {a} {op} {b}?", "{a} {op} {b} =", "Compute {a} {op} {b}.", "quick math: {a}{op}{b}",
                        "How much is {a} {op} {b}?", "Solve: {a} {op} {b}")}
 LANGUAGES = {"train": TRAIN_LANGUAGE_LINES, "eval": LANGUAGE_LINES}
 KINDS = ("gibberish", "language", "code", "arithmetic")

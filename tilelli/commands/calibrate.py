@@ -16,6 +16,7 @@ import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from tilelli.commands.options import add_engine_arguments
 from tilelli.errors import TilelliError
@@ -39,6 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_arguments(parser)
 
 
+def row_signals(decoder: Any, rows: list[dict]) -> list[Any]:
+    """The rule's signals for held-out rows ({"prompt", "history"}), on the prompts a chat session
+    would build for them."""
+    from tilelli.chat.abstain import measure
+    from tilelli.chat.session import conversation_prompt
+
+    return measure(decoder, [conversation_prompt([tuple(t) for t in r.get("history", [])], r["prompt"],
+                                                 decoder.max_seq_len)[0] for r in rows])
+
+
 def run(args: argparse.Namespace) -> int:
     from tilelli.model.checkpoint_files import checkpoint_dir
 
@@ -51,15 +62,12 @@ def run(args: argparse.Namespace) -> int:
         raise TilelliError(f"--out {out_dir} is not a directory")
     rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
 
-    from tilelli.chat.abstain import AbstainRule, measure
-    from tilelli.chat.session import conversation_prompt
+    from tilelli.chat.abstain import AbstainRule
     from tilelli.infer import load_decoder
     from tilelli.train.trainer import git_state
 
     decoder = load_decoder(path, args.engine, args.threads)
-    prompts = [conversation_prompt([tuple(t) for t in r.get("history", [])], r["prompt"], decoder.max_seq_len)[0]
-               for r in rows]
-    signals = measure(decoder, prompts)
+    signals = row_signals(decoder, rows)
     kinds = sorted({r.get("kind", "request") for r in rows})
     record = {"command": " ".join(["tilelli", *sys.argv[1:]]), "checkpoint": path.name,
               "calibration": {"file": source.name, "sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
