@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_sampling_arguments(parser, max_new_tokens=256, temperature=0.8, top_p=0.95)
     parser.add_argument("--stop", action="append", default=[],
                         help=r"stop when this text is produced (repeatable; escapes like \n work); it is not printed")
+    parser.add_argument("--valid-utf8", action="store_true",
+                        help="never write a byte that makes the output invalid UTF-8 (a byte-level model can write "
+                             "half a character; tilelli chat always decodes this way)")
     parser.add_argument("--show-confidence", action="store_true",
                         help="colour bytes by the model's probability (TTY) and print mean/min confidence on stderr")
     parser.add_argument("--json", action="store_true",
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     prompt = _read_prompt(args)
     stops = tuple(s.encode("utf-8").decode("unicode_escape").encode("latin-1") for s in args.stop)
     cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, seed=args.seed, stop=stops)
+                         top_p=args.top_p, seed=args.seed, stop=stops, valid_utf8=args.valid_utf8)
     path = checkpoint_dir(args.checkpoint or default_checkpoint())
     limit = read_config(path)["model"].get("max_seq_len", 2048)
     if len(prompt) > limit:
