@@ -309,3 +309,24 @@ def test_save_onto_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(TilelliError, match="it is a file"):
         checkpoint.save(_model("tilelli-lite-fp32"), tmp_path / "f")
+
+
+@pytest.mark.parametrize("name, opts", [c for c in PACKED_CASES if not c[1].get("hadamard")],
+                         ids=[f"{n}-{'+'.join(o) or 'plain'}" for n, o in PACKED_CASES if not o.get("hadamard")])
+def test_latent_weights_of_a_packed_checkpoint_quantize_back_to_its_trits(tmp_path, name, opts):
+    """What --init-from a packed checkpoint starts from: the same ternary model, and latent weights to train."""
+    from tilelli.model.ternary import latent_state_dict
+
+    model = _model(name, quantize=True, **opts)
+    checkpoint.save(model, tmp_path / "p", packed=True)
+    packed = checkpoint.load(tmp_path / "p")
+    fresh = _model(name, seed=5, quantize=True, **opts)
+    fresh.load_state_dict(latent_state_dict(packed))
+    assert torch.allclose(_logits(fresh.eval()), _logits(packed), atol=1e-5)
+    mods = dict(packed.named_modules())
+    for key, m in fresh.named_modules():
+        if isinstance(m, TernaryModule) and m.quantized:
+            assert "weight" in m._parameters  # trainable again
+            (codes, scale), (want_codes, want_scale) = m.export_trits(), mods[key].export_trits()
+            assert torch.equal(codes, want_codes)  # the very same trits
+            torch.testing.assert_close(scale, want_scale, rtol=1e-6, atol=0)  # (a mean recomputed: last bits)
