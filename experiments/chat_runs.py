@@ -4,7 +4,7 @@ The set is `tilelli prepare-chat --out DATA` (multi-turn conversations, a masked
 reply bytes only, every window starts at a turn). Every run starts from a shipped base
 checkpoint (`--init-from`, fresh optimizer and schedule) and has the same protocol:
 
-- 300 steps x batch 4 x 1,024 bytes = 1.23 M bytes (0.21 epoch of the 5.78 M-byte chat set),
+- 300 steps x batch 4 x 1,024 bytes = 1.23 M bytes (0.24 epoch of the 5.13 M-byte chat set),
   one thread per run.
 - Muon at 1e-3 (half the pretraining peak: fine-tuning, not pretraining), 20 warm-up steps,
   cosine to 1e-4, weight decay 0.1; validation on the whole held-out valid.bin (400 held-out

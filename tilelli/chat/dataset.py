@@ -5,16 +5,17 @@ as **multi-turn conversations** that mix every kind of turn in any order, becaus
 people use a chat: a refusal after a story, a story after a refusal, small talk in between.
 
 - **stories on request**, from the TinyStories train slices: a subject read off the story
-  ("a little girl named Lily"), three of its words, or its opening ("What happens next? ...")
-  -> the story (or its rest), at most MAX_REPLY_BYTES so that a story ends on its own well
-  inside the chat's default reply limit. Requests are composed from the *train* template
-  families of `tilelli.chat.phrasing` with politeness, lower case, missing punctuation and typos.
+  ("a little girl named Lily") or three of its words -> the story, three phrasings per story of
+  at most MAX_REPLY_BYTES (so that a story ends on its own inside the chat's default reply
+  limit); a longer story once, by its opening ("What happens next? ...") -> the rest.
+  Requests are composed from the *train* template families of `tilelli.chat.phrasing` with
+  politeness, lower case, missing punctuation and typos.
 - **follow-ups** after a story: "Tell me another one, about a bird" -> a story about that
   subject; "What was the dog's name?" -> "The dog's name was Max." (read off the story).
 - **small talk**: greetings, thanks, goodbyes, "who are you", ... (phrasing.SMALL_TALK, our
   own short replies), the ChatterBot small-talk dialogues and the identity set (Tilelli).
 - **abstention**: world-fact questions (NQ-open, TruthfulQA, ChatterBot trivia) -> `REFUSAL`,
-  each training question once, in one of the train fact forms; arithmetic -> `REFUSAL` too;
+  N_TRAIN_FACTS training questions once each, in one of the train fact forms; arithmetic -> `REFUSAL` too;
   gibberish, other languages and code -> `REFUSAL_UNREADABLE`, all from the *train* side of
   `tilelli.chat.unservable` (templates, tasks and lines the evaluation never uses).
 
@@ -63,10 +64,10 @@ from tilelli.errors import TilelliError
 from tilelli.train.data import mask_path, starts_path
 from tilelli.train.paths import check_writable_dir
 
-MAX_REPLY_BYTES = 560  # a story reply; the chat's default limit is 600 (tilelli.chat.defaults)
+MAX_REPLY_BYTES = 700  # a story reply; the chat's default limit is 720 (tilelli.chat.defaults)
 MAX_CONVERSATION_BYTES = 1000  # a training conversation: fits one 1,024-byte window
 MAX_PREFIX_STORY_BYTES = 300  # stories inside an eval conversation's history: room for the reply
-REPLY_ROOM = 600  # the reply room an eval prompt must leave (the chat default max_new_tokens)
+REPLY_ROOM = 512  # the reply room a session keeps in a 1,024-byte context (chat.session.conversation_prompt)
 NEAR_DUPLICATE = 0.7
 CONTEXTS = ("after_story", "after_refusal", "after_small_talk")
 
@@ -83,6 +84,7 @@ _STOP = frozenset("there their about would could after again before every which 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 SMALL_TALK_CATEGORIES = ("greetings", "conversations", "emotion", "humor")  # ChatterBot files used
 N_UNSERVABLE_EACH = 400  # training turns of each unservable kind
+N_TRAIN_FACTS = 3500  # refused questions trained on: with the rest, refusals are ~1/3 of the turns
 UNSERVABLE_REPLY = {"gibberish": REFUSAL_UNREADABLE, "language": REFUSAL_UNREADABLE, "code": REFUSAL_UNREADABLE,
                     "arithmetic": REFUSAL}
 
@@ -391,8 +393,11 @@ def build(shared: Path, out: Path, seed: int = 0, sizes: Sizes = Sizes()) -> dic
     stories: list[StoryTurn] = []
     for path in train_files:
         for story in sources.tinystories(path):
-            for _ in range(2):
-                made = story_turn(story, "train", rng)
+            # a whole story (at most MAX_REPLY_BYTES) is asked for three times, by subject or words:
+            # those are most of what people ask; a longer one once, by its opening
+            whole = len(story.encode()) <= MAX_REPLY_BYTES
+            for kinds in [("topic", "words")] * 3 if whole else [("next",)]:
+                made = story_turn(story, "train", rng, kinds)
                 if made:
                     stories.append(made)
     small: list[list[tuple[str, str]]] = []
@@ -405,7 +410,7 @@ def build(shared: Path, out: Path, seed: int = 0, sizes: Sizes = Sizes()) -> dic
     small += [[(q, a)] for q, a, src in sources.instructions(chat) if src == "identity"]
     n_held = sizes.facts + sizes.conversation_each * 2 + sizes.history_facts  # single, third turn, histories
     train_q, held_q, removed = split_facts(sources.facts(qa, chat), n_held, rng)
-    facts = [phrasing.fact_question(q, "train", rng)[0] for q, _ in train_q]
+    facts = [phrasing.fact_question(q, "train", rng)[0] for q, _ in train_q[:N_TRAIN_FACTS]]
     train_stories = [s for path in train_files for s in sources.tinystories(path)]
     unservable = [(phrasing.Noise(typo=0).apply(r["prompt"], rng), UNSERVABLE_REPLY[r["kind"]])
                   for r in unservable_prompts(rng, N_UNSERVABLE_EACH, train_stories, "train")]
