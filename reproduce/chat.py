@@ -82,7 +82,7 @@ def main() -> int:
         for pub in pubs:
             name, ckpt = pub["name"], ROOT / pub["checkpoint"]
             if pub["rule"] is not None:
-                rule = AbstainRule.calibrate(row_signals(load_decoder(ckpt), cal), pub["rule"]["alpha"], {})
+                rule = AbstainRule.calibrate(row_signals(load_decoder(ckpt, "torch"), cal), pub["rule"]["alpha"], {})
                 checker.check(f"{name} refusal threshold", pub["rule"]["refusal_threshold"], rule.refusal_threshold,
                               REFUSAL_T, absolute=True)
                 checker.check(f"{name} surprise threshold", pub["rule"]["surprise_threshold"],

@@ -16,7 +16,7 @@ import torch
 
 from tilelli.chat import dataset, phrasing, unservable
 from tilelli.chat.abstain import (
-    REFUSAL_REPLY,
+    OPENING,
     RULE_FILE,
     AbstainRule,
     Signals,
@@ -313,12 +313,12 @@ def test_signals_are_the_teacher_forced_refusals_and_the_users_surprise(tiny_ckp
         return logp[start - 1:].gather(-1, torch.tensor(list(seq[start:]))[:, None])[:, 0]
 
     n_text = len(p) - start - 1
-    refusals = [REFUSAL_REPLY, REFUSAL_UNREADABLE.encode() + bytes([END])]
-    want = sum(logp_of(r)[n_text + 1:].sum().exp().item() for r in refusals)
+    lp = logp_of(OPENING.encode() + b"F")  # any byte after the opening: its row gives the next-byte choice
     s = measure(decoder, [p])[0]
-    assert s.refusal == pytest.approx(want, rel=1e-3, abs=1e-300)
-    assert s.surprise == pytest.approx(peak_bits_per_byte(logp_of(REFUSAL_REPLY)[:n_text].numpy()), abs=2e-3)
-    assert s.likelier in ("fact", "unreadable")
+    assert s.refusal == pytest.approx(lp[n_text + 1:-1].sum().exp().item(), rel=1e-3, abs=1e-300)
+    assert s.surprise == pytest.approx(peak_bits_per_byte(lp[:n_text].numpy()), abs=2e-3)
+    p_f, p_i = (logp_of(OPENING.encode() + c)[-1].exp().item() for c in (b"F", b"I"))
+    assert s.likelier == ("fact" if p_f > p_i else "unreadable")
 
 
 def test_peak_bits_per_byte_is_the_worst_window():

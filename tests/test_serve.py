@@ -27,7 +27,7 @@ import torch
 from conftest import tiny
 
 from tilelli.chat.abstain import AbstainRule
-from tilelli.chat.template import END, REFUSAL, REFUSAL_UNREADABLE
+from tilelli.chat.template import END, REFUSAL
 from tilelli.infer import load_decoder
 from tilelli.infer.generate import GeneratedByte, SamplingConfig
 from tilelli.model.checkpoint import save
@@ -239,12 +239,12 @@ def test_an_abstain_rule_decides_chat_replies_but_not_completions():
     with serving(app) as base:
         steps = decoder.steps
         choice = httpx.post(base + "/v1/chat/completions", json={"messages": chat("hello")}).json()["choices"][0]
-        # (the fake's uniform predictions make the shorter refusal the likelier one)
-        assert choice["message"]["content"] == REFUSAL_UNREADABLE and choice["abstained"] is True
-        assert choice["abstain_reason"] == "unreadable"
-        assert choice["finish_reason"] == "stop" and decoder.steps == steps + 1  # scored, never decoded
+        # (the fake's uniform predictions tie after the refusals' opening: the facts refusal, listed first)
+        assert choice["message"]["content"] == REFUSAL and choice["abstained"] is True
+        assert choice["abstain_reason"] == "fact"
+        assert choice["finish_reason"] == "stop" and decoder.steps == steps + 2  # two scoring passes, no decoding
         events = stream(base, "/v1/chat/completions", {"messages": chat("hello"), "max_tokens": 5})
-        assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == REFUSAL_UNREADABLE[:5]
+        assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == REFUSAL[:5]
         assert events[-2]["choices"][0]["finish_reason"] == "length"
         text = httpx.post(base + "/v1/completions", json={"prompt": "hello", "max_tokens": 3}).json()
         assert text["choices"][0]["text"] == "Hi!"

@@ -4,18 +4,21 @@
 conversation's prompt (history + the new turn), so a question asked after a story is judged
 in its conversation, exactly as the model sees it.
 
-Two signals, from one teacher-forced pass over the prompt and the refusal (`measure`):
-- **refusal**: the model's probability of the *whole* refusal (every byte and END) as the
-  reply. A byte-level model commits with its first byte, so letting greedy decoding decide
-  refuses every request on which "I" narrowly wins; the whole refusal's probability is a
-  graded score that separates world-fact questions from requests (AUROC ~0.997).
+Two signals, from one teacher-forced pass over the prompt and the refusals' shared opening
+sentence (`measure`):
+- **refusal**: the model's probability that its reply opens with "I can't answer that. ", the
+  sentence both refusals begin with (the next byte's probabilities say which one it would go on
+  with). A byte-level model commits with its first byte, so letting greedy decoding decide
+  refuses every request on which "I" narrowly wins; the probability of the whole sentence is a
+  graded score that separates world-fact questions from requests.
 - **surprise**: the highest mean bits per byte of any PEAK_WINDOW consecutive bytes of the last
   user turn's text, as the chat model reads it in its conversation. A story model finds
   gibberish, code, other languages and sums far less likely than the simple English it was
   trained on, and it was never taught to refuse them, so the refusal alone misses them.
 
-The rule (`AbstainRule`) abstains iff refusal > t_r ("I can't answer that. Facts like ...") or
-surprise > t_s ("I can't answer that. I only understand simple English."). Both thresholds are
+The rule (`AbstainRule`) abstains iff refusal > t_r (with the refusal the model would go on
+with: "... Facts like that are beyond a 10M model." or "... I only understand simple English.")
+or surprise > t_s (the second). Both thresholds are
 calibrated, not tuned on the evaluation: split conformal prediction over prompts the model
 *should* answer (story requests and small talk in phrasings never trained on, single-turn and
 as third turns; `eval/calibration.jsonl`), each at alpha / 2. By the union bound a new
@@ -41,22 +44,22 @@ import numpy as np
 from tilelli.chat.template import ASSISTANT, END_BYTE, REFUSAL, REFUSAL_UNREADABLE, USER, is_refusal
 from tilelli.errors import TilelliError
 from tilelli.infer.generate import SamplingConfig
-from tilelli.infer.score import continuation_logprobs
+from tilelli.infer.score import continuation_logprobs, continuation_scores
 
-REFUSAL_REPLY = REFUSAL.encode("utf-8") + END_BYTE
 RULE_FILE = "abstain.json"
 PEAK_WINDOW = 32  # bytes: a local surprise (a question at the end of a story) is not diluted
 REASONS = {"fact": REFUSAL, "unreadable": REFUSAL_UNREADABLE}
+OPENING = "I can't answer that. "  # what both refusals open with; the next byte tells them apart
+assert all(text.startswith(OPENING) for text in REASONS.values())
 
 
 @dataclass(frozen=True)
 class Signals:
     """What the model says about one prompt (nan: the prompt does not fit with a refusal)."""
 
-    refusal: float  # P(a whole refusal and END | prompt), both refusals summed
+    refusal: float  # P(the reply opens with the refusal sentence OPENING)
     surprise: float  # peak PEAK_WINDOW-byte mean bits per byte of the last user text
-    likelier: str = "fact"  # the reason whose refusal the model finds likelier
-    refusal_byte_probs: tuple[float, ...] = ()  # per byte of that refusal, END excluded
+    likelier: str = "fact"  # the refusal the model would go on with after OPENING
 
 
 def peak_bits_per_byte(logprobs: np.ndarray, window: int = PEAK_WINDOW) -> float:
@@ -69,27 +72,24 @@ def peak_bits_per_byte(logprobs: np.ndarray, window: int = PEAK_WINDOW) -> float
     return float(sums.max() / w)
 
 
-def measure(decoder: Any, prompts: Sequence[bytes], batch_size: int = 8) -> list[Signals]:
-    """Both signals for every chat prompt (history + USER text ASSISTANT), batched: the last
-    user turn's text and each refusal are teacher-forced after the rest."""
+def measure(decoder: Any, prompts: Sequence[bytes], batch_size: int = 16) -> list[Signals]:
+    """Both signals for every chat prompt (history + USER text ASSISTANT), in one teacher-forced
+    pass each: the last user turn's text and the refusals' shared OPENING after the rest; the
+    next-byte probabilities after OPENING say which refusal the model would go on with."""
     starts = [p.rfind(bytes([USER])) + 1 for p in prompts]
     if any(s == 0 or not p or p[-1] != ASSISTANT for p, s in zip(prompts, starts, strict=True)):
         raise TilelliError("a chat prompt must end with a user turn (USER text ASSISTANT)")
-    replies = {reason: text.encode("utf-8") + END_BYTE for reason, text in REASONS.items()}
-    longest = max(map(len, replies.values()))
+    opening = OPENING.encode("utf-8")
+    longest = max(len(text.encode("utf-8")) for text in REASONS.values()) + 1
     fits = [i for i, p in enumerate(prompts) if len(p) + longest - 1 <= decoder.max_seq_len]
-    pairs = [(i, reason) for i in fits for reason in replies]
-    logps = continuation_logprobs(decoder, [prompts[i][:starts[i]] for i, _ in pairs],
-                                  [prompts[i][starts[i]:] + replies[r] for i, r in pairs], batch_size)
-    by = {pair: lp for pair, lp in zip(pairs, logps, strict=True)}
+    scores = continuation_scores(decoder, [prompts[i][:starts[i]] for i in fits],
+                                 [prompts[i][starts[i]:] + opening for i in fits], batch_size)
     out = [Signals(math.nan, math.nan)] * len(prompts)
-    for i in fits:
+    for i, (lp, after) in zip(fits, scores, strict=True):
         n_text = len(prompts[i]) - starts[i] - 1  # the user's text, without the ASSISTANT marker
-        tails = {r: by[(i, r)][n_text + 1:] for r in replies}
-        p = {r: float(math.exp(t.sum())) for r, t in tails.items()}
-        likelier = max(p, key=p.get)
-        out[i] = Signals(sum(p.values()), peak_bits_per_byte(by[(i, likelier)][:n_text]), likelier,
-                         tuple(float(math.exp(v)) for v in tails[likelier][:-1]))
+        goes_on = {r: after[REASONS[r].encode("utf-8")[len(opening)]] for r in REASONS}
+        out[i] = Signals(float(math.exp(lp[n_text + 1:].sum())), peak_bits_per_byte(lp[:n_text]),
+                         max(goes_on, key=goes_on.get))
     return out
 
 
@@ -179,9 +179,7 @@ def decide(decoder: Any, rule: AbstainRule | None, prompt: bytes) -> Decision:
     greedy decision: the generated reply says whether it refused)."""
     s = measure(decoder, [prompt])[0]
     d = rule.decide(s) if rule is not None else Decision(False, None, s)
-    if d.reason == s.likelier:
-        return replace(d, byte_probs=s.refusal_byte_probs)
-    if d.reason is not None:  # the surprise decided: that refusal's probabilities, one more pass
+    if d.abstain:  # the given refusal's own byte probabilities (what confidences report)
         lp = continuation_logprobs(decoder, [prompt], [d.reply.encode("utf-8") + END_BYTE])[0]
         return replace(d, byte_probs=tuple(float(math.exp(v)) for v in lp[:-1]))
     return d

@@ -25,24 +25,41 @@ def continuation_logprobs(decoder: Any, contexts: Sequence[bytes], continuations
     The last continuation byte is predicted but never fed, so a pair needs
     len(context) + len(continuation) - 1 positions; longer pairs are a clear error.
     """
+    return [lp for lp, _ in _teacher_forced(decoder, contexts, continuations, batch_size, feed_last=False)]
+
+
+def continuation_scores(decoder: Any, contexts: Sequence[bytes], continuations: Sequence[bytes],
+                        batch_size: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`continuation_logprobs`, and the (V,) next-byte probabilities after the whole
+    continuation (what the model would write next): it is fed whole, so a pair needs
+    len(context) + len(continuation) positions."""
+    return _teacher_forced(decoder, contexts, continuations, batch_size, feed_last=True)
+
+
+def _teacher_forced(decoder: Any, contexts: Sequence[bytes], continuations: Sequence[bytes], batch_size: int,
+                    feed_last: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """One forward pass per batch; pairs of similar length are batched together (less padding
+    on the PyTorch path), the results come back in the given order."""
     if len(contexts) != len(continuations):
         raise ValueError("one continuation per context")
-    out: list[np.ndarray] = []
-    for first in range(0, len(contexts), batch_size):
-        ctx, cont = contexts[first:first + batch_size], continuations[first:first + batch_size]
-        chunks = [c + k[:-1] for c, k in zip(ctx, cont, strict=True)]
-        for c, k, chunk in zip(ctx, cont, chunks, strict=True):
-            if not c or not k:
-                raise TilelliError("every context and continuation needs at least one byte")
-            if len(chunk) > decoder.max_seq_len:
-                raise TilelliError(f"context + continuation is {len(chunk) + 1} bytes; the model's context is "
-                                   f"{decoder.max_seq_len}")
+    for c, k in zip(contexts, continuations, strict=True):
+        if not c or not k:
+            raise TilelliError("every context and continuation needs at least one byte")
+        if len(c) + len(k) - (not feed_last) > decoder.max_seq_len:
+            raise TilelliError(f"context + continuation is {len(c) + len(k)} bytes; the model's context is "
+                               f"{decoder.max_seq_len}")
+    order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]) + len(continuations[i]))
+    out: list[tuple[np.ndarray, np.ndarray | None]] = [None] * len(contexts)  # type: ignore[list-item]
+    for first in range(0, len(order), batch_size):
+        idx = order[first:first + batch_size]
+        chunks = [contexts[i] + (continuations[i] if feed_last else continuations[i][:-1]) for i in idx]
         seqs = [decoder.new_sequence(len(chunk)) for chunk in chunks]
         logits = decoder.forward(seqs, chunks, all_logits=True)  # (sum of chunk lengths, V)
         at = 0
-        for c, k, chunk in zip(ctx, cont, chunks, strict=True):
-            rows = logits[at + len(c) - 1 : at + len(chunk)]  # predictions of k[0], ..., k[-1]
-            p = softmax(rows)[np.arange(len(k)), np.frombuffer(k, dtype=np.uint8)]
-            out.append(np.log(np.maximum(p, 1e-300)))
+        for i, chunk in zip(idx, chunks, strict=True):
+            c, k = contexts[i], continuations[i]
+            rows = softmax(logits[at + len(c) - 1 : at + len(chunk)])  # predictions of k[0], ..., (after k[-1])
+            p = rows[np.arange(len(k)), np.frombuffer(k, dtype=np.uint8)]
+            out[i] = (np.log(np.maximum(p, 1e-300)), rows[len(k)] if feed_last else None)
             at += len(chunk)
     return out
