@@ -135,6 +135,18 @@ def story_topic(story: str) -> str | None:
     return None
 
 
+def plain_subject(topic: str, rng: random.Random) -> str:
+    """A subject as people name it: "a little girl named Lily" as it is, or "a little girl", or
+    "a girl" (a third each). The training requests name their subject as read off the story,
+    mostly with a name; the held-out ones (calibration, evaluation) also ask without one, as in
+    "Tell me a story about a cat."."""
+    m = _NAMED.fullmatch(topic)
+    choice = rng.randrange(3)
+    if m is None or choice == 0:
+        return topic
+    return topic[:topic.index(" named ")] if choice == 1 else f"a {m.group(2)}"
+
+
 def story_named(story: str) -> tuple[str, str] | None:
     """(noun, Name) of the first "a ... dog named Max" in the story, or None."""
     m = _NAMED.search(story)
@@ -171,6 +183,8 @@ def story_turn(story: str, split: str, rng: random.Random, kinds: Sequence[str] 
             slot = story_topic(story) if kind == "topic" else story_words(story, rng)
             if slot is None:
                 continue
+            if kind == "topic" and split != "train":  # held-out requests name plain subjects too
+                slot = plain_subject(slot, rng)
             request, reply = phrasing.story_request(slot, kind, split, rng), story
         if reply and len((request + reply).encode()) <= MAX_CONVERSATION_BYTES - 8:
             return StoryTurn(request, reply, story_topic(story), story_named(story), kind)
