@@ -5,7 +5,7 @@ disjoint training split) from the shared data into OUT/probe-sets/ (or reads the
 measures every signal of one checkpoint on both (`tilelli.probe.signals`), fits the detector on
 the training split and writes OUT/probe.json and OUT/probe.md (`tilelli.probe.report`). OUT is
 `results/` under the current directory unless --out says otherwise. `--build-sets` only writes
-the sets. `benchmarks/probe.py` runs this for the shipped checkpoints side by side.
+the sets. `studies/probe/benchmark.py` runs this for the shipped checkpoints side by side.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 `signals` measures a checkpoint's raw uncertainty signals and hidden states on them, `metrics`
 holds AUROC and its bootstrap intervals, `detector` the trained logistic-regression detector,
 and `report` turns measurements into the published numbers. `tilelli probe` runs it for one
-checkpoint, `benchmarks/probe.py` for the shipped ones side by side; see docs/probe.md.
+checkpoint, `studies/probe/benchmark.py` for the shipped ones side by side; see docs/probe.md.
 """
 
 from __future__ import annotations
