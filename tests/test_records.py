@@ -1,14 +1,16 @@
-"""docs/results/base.md and base.json are what the committed run records give, and the re-check
-fails when one published number is edited (studies/base_models/check.py's gate)."""
+"""docs/results/base.md and base.json are what the committed run records give, the re-check
+fails when one published number is edited (studies/base_models/check.py's gate), and the README's
+headline table is what the studies' records give (python -m studies.headline --check)."""
 
 from __future__ import annotations
 
 import copy
 import json
 
+from studies import headline
 from studies.base_models import analyse as base_models
 from studies.checker import Checker
-from studies.common import DOCS
+from studies.common import DOCS, README, block_with
 
 
 def test_base_models_page_is_what_the_run_records_give():
@@ -30,3 +32,8 @@ def test_an_edited_number_or_a_missing_key_fails_the_recheck():
     del edited["qat"][base_models.SHIPPED_TWIN]
     checker.check_json(edited, recomputed, 1e-9)
     assert any(f.startswith(f"qat.{base_models.SHIPPED_TWIN}.") for f in checker.failures)
+
+
+def test_readme_headline_is_what_the_records_give():
+    readme = README.read_text()
+    assert readme == block_with(headline.rendered(), readme, headline.MARKERS)
