@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studies.common import ROOT
-from tilelli.train.runs import METRICS_FILE, list_checkpoints, read_metrics
+from tilelli.model.checkpoint_files import list_checkpoints
+from tilelli.train.runs import METRICS_FILE, read_metrics
 
 LITE, VANILLA = "tilelli-lite-fp32", "vanilla-fp32"
 

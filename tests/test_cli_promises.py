@@ -20,10 +20,11 @@ import tilelli.kernels.topk_attention as topk_kernel
 from tilelli.cli import main
 from tilelli.errors import TilelliError
 from tilelli.kernels import build
+from tilelli.model.checkpoint_files import list_checkpoints
 from tilelli.model.config import ModelConfig, from_name, list_configs
 from tilelli.model.models import build_model, count_params
 from tilelli.train.prepare import prepare
-from tilelli.train.runs import list_checkpoints, read_metrics
+from tilelli.train.runs import read_metrics
 from tilelli.train.trainer import TrainConfig, Trainer
 
 # Runs CLI commands one after the other in one fresh interpreter (JSON list of argv on stdin) and

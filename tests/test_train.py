@@ -17,7 +17,8 @@ import torch
 
 import tilelli
 from tilelli.cli import main
-from tilelli.train.runs import list_checkpoints, read_metrics
+from tilelli.model.checkpoint_files import list_checkpoints
+from tilelli.train.runs import read_metrics
 from tilelli.train.trainer import TrainConfig, Trainer
 
 TINY = {"d_model": 32, "n_layers": 2, "n_heads": 4, "d_head": 8, "max_seq_len": 128}

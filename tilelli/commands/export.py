@@ -43,7 +43,8 @@ def _bpb(model: Any, data: Path) -> tuple[float, int]:
 
 def _source_dir(args: argparse.Namespace) -> Path:
     from tilelli.model.checkpoint import checkpoint_dir
-    from tilelli.train.runs import best_checkpoint, list_checkpoints
+    from tilelli.model.checkpoint_files import list_checkpoints
+    from tilelli.train.runs import best_checkpoint
 
     source = Path(args.checkpoint)
     if args.best:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from tilelli.errors import TilelliError
-from tilelli.train.runs import list_checkpoints
 
 FORMAT = "tilelli"
 FORMAT_VERSION = 1
@@ -23,6 +23,18 @@ SHIPPED_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
 DEFAULT_MODEL = "tilelli-lite-ternary"
 CHAT_PREFIX = "tilelli-chat-"  # shipped chat models: tilelli-chat-<base>
 DEFAULT_CHAT_MODEL = "tilelli-chat-lite-ternary"  # `tilelli chat` and `tilelli serve` without --checkpoint
+# a training run directory keeps its checkpoints as CHECKPOINTS/step-NNNNNNN/
+CHECKPOINTS = "checkpoints"
+STEP_DIR = re.compile(r"step-(\d+)")
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary directories are never listed)."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
 
 
 def checkpoint_dir(path: str | os.PathLike) -> Path:

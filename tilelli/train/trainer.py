@@ -48,13 +48,14 @@ import torch.nn as nn
 
 from tilelli.errors import Interrupted, TilelliError
 from tilelli.model import checkpoint
+from tilelli.model.checkpoint_files import CHECKPOINTS, list_checkpoints
 from tilelli.model.config import TRAINING_FIELDS, ModelConfig, list_configs
 from tilelli.model.models import LM, build_model
 from tilelli.train.config import TrainConfig  # defined torch-free (the CLI checks it first); used from here
 from tilelli.train.data import ByteBatches, open_bin
 from tilelli.train.evaluate import evaluate_bpb
 from tilelli.train.optim import build_optimizers, lr_at, set_lr
-from tilelli.train.runs import CHECKPOINTS, METRICS_FILE, RUN_FILE, list_checkpoints, read_metrics
+from tilelli.train.runs import METRICS_FILE, RUN_FILE, read_metrics
 
 STATE_FILE = "trainer.pt"
 
