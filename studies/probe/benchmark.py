@@ -33,8 +33,14 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from studies.common import SHARED, add_output_args, publish, results_dir, shown  # noqa: E402
-from tilelli.model.checkpoint_files import CHAT_PREFIX, SHIPPED_DIR, checkpoint_dir, read_config  # noqa: E402
-from tilelli.probe import checkpoint_label, is_chat_checkpoint  # noqa: E402
+from tilelli.model.checkpoint_files import (  # noqa: E402
+    CHAT_PREFIX,
+    SHIPPED_DIR,
+    checkpoint_dir,
+    is_chat_checkpoint,
+    read_config,
+)
+from tilelli.probe import checkpoint_label  # noqa: E402
 from tilelli.probe.metrics import roc_curve  # noqa: E402
 from tilelli.probe.report import LABELS, MAIN, REGIME_LABELS, evaluate, fmt, markdown, rows_of, transfer  # noqa: E402
 from tilelli.probe.sets import build_sets, read_set  # noqa: E402

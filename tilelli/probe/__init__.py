@@ -13,12 +13,6 @@ import os
 from pathlib import Path
 
 
-def is_chat_checkpoint(path: str | os.PathLike) -> bool:
-    """Whether prompts go to this checkpoint in the chat template: its directory, or the run
-    directory it sits in, names a chat model (tilelli-chat-*, runs/chat-*/checkpoints/step-N)."""
-    return any("chat" in part for part in Path(path).resolve().parts[-3:])
-
-
 def checkpoint_label(path: str | os.PathLike) -> str:
     """A checkpoint's name for tables: its directory, or run/step-N for a training run's checkpoint."""
     path = Path(path).resolve()
