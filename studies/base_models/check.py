@@ -12,6 +12,7 @@ thread (the command is in its run.json). Exits 1 and names every number that doe
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -22,6 +23,7 @@ ARITHMETIC = 1e-9
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help, before minutes of work
     checker = Checker()
     recomputed = analyse(BASE_COPIES)
     checker.check_json(json.loads((RESULTS / "base.json").read_text()), recomputed, ARITHMETIC)

@@ -8,6 +8,7 @@ Exits 1 and names every number that does not reproduce.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -18,6 +19,7 @@ TOLERANCE = 0.01
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help, before minutes of work
     checker = Checker()
     rows = json.loads((RESULTS / "model_sizes.json").read_text())["rows"]
     checker.page("model_sizes", markdown(rows))

@@ -8,6 +8,7 @@ summation order). Exits 1 and names what failed.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from studies.quality.context import RESULTS, markdown
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help, before minutes of work
     published = json.loads((RESULTS / "context.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
         rerun("studies.quality.context", "--out", tmp, "--docs", tmp, "--windows", str(published["windows"]))

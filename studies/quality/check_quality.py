@@ -11,6 +11,7 @@ Exits 1 and names every number that does not reproduce. About 15 minutes on 2 CP
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -28,6 +29,7 @@ EXACT = ("weights_sha256", "config", "params", "weights", "bits_per_weight", "ch
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help, before minutes of work
     torch.set_num_threads(2)
     checker = Checker()
     result = json.loads((RESULTS / "quality.json").read_text())

@@ -7,6 +7,7 @@ Exits 1 when any differs.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -17,6 +18,7 @@ from studies.quality.samples import RESULTS, markdown, samples
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help, before minutes of work
     torch.set_num_threads(2)
     checker = Checker()
     published = json.loads((RESULTS / "samples.json").read_text())["samples"]

@@ -11,6 +11,7 @@ machine and its load; the ratio much less). serve_load.md must render serve_load
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -24,6 +25,7 @@ RATIO_TOLERANCE = 0.5
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help, before minutes of work
     checker = Checker()
     pub = json.loads((RESULTS / "serve_load.json").read_text())
     s = pub["settings"]
