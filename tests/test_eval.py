@@ -56,6 +56,40 @@ def test_eval_cli_json(setup, capsys):
     assert res["nats_per_byte"] == pytest.approx(evaluate_bpb(model, text, 16, 32).loss, rel=1e-6)
 
 
+@pytest.mark.parametrize("max_bytes", [1, 100, 1000, 2999, 10_000])
+def test_eval_cli_honours_max_bytes_exactly(setup, capsys, max_bytes):
+    """Not rounded to whole batches of windows: exactly the first N predictions, the last window cut."""
+    model, ckpt, text = setup
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(text), "--seq-len", "32", "--batch-size", "4",
+                 "--max-bytes", str(max_bytes), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["bytes"] == min(max_bytes, 2999)
+    head = text.parent / f"head-{max_bytes}.txt"
+    head.write_bytes(text.read_bytes()[:max_bytes + 1])  # the same bytes as a file of their own
+    assert res["nats_per_byte"] == pytest.approx(evaluate_bpb(model, head, 4, 32).loss, rel=1e-6)
+
+
+def test_eval_progress_bar_only_on_a_terminal(setup, capsys, monkeypatch):
+    _, ckpt, text = setup
+    args = ["eval", "--checkpoint", str(ckpt), "--data", str(text), "--seq-len", "32", "--batch-size", "4"]
+    assert main(args) == 0
+    assert "eval" not in capsys.readouterr().err  # stderr is not a terminal here: no bar
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)  # as if on a terminal
+    from tqdm import tqdm
+
+    seen = []
+    real_init = tqdm.__init__
+
+    def spy(self, *a, **kw):  # what the command asks of tqdm; shown at once (no 1 s delay)
+        seen.append(kw)
+        real_init(self, *a, **{**kw, "delay": 0})
+
+    monkeypatch.setattr(tqdm, "__init__", spy)
+    assert main(args) == 0
+    assert seen[-1]["total"] == 2999 and not seen[-1]["disable"] and "eval" in capsys.readouterr().err
+    assert main([*args, "--no-progress"]) == 0 and seen[-1]["disable"]
+
+
 def test_eval_cli_errors(setup, capsys):
     _, ckpt, text = setup
     assert main(["eval", "--checkpoint", str(ckpt), "--data", "/no/such/file"]) == 2

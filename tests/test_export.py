@@ -8,7 +8,8 @@ import pytest
 
 from tilelli.cli import main
 from tilelli.model import checkpoint, checkpoint_files
-from tilelli.train.runs import list_checkpoints, read_metrics
+from tilelli.model.checkpoint_files import list_checkpoints
+from tilelli.train.runs import read_metrics
 
 TINY_ARGS = [a for k, v in {"d_model": 32, "n_layers": 2, "n_heads": 4, "d_head": 8, "max_seq_len": 64}.items()
              for a in ("--override", f"{k}={v}")]

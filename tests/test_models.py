@@ -1,7 +1,11 @@
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import tiny
 
+import tilelli.model
 from tilelli.errors import TilelliError
 from tilelli.model.config import from_name, list_configs
 from tilelli.model.models import build_model
@@ -235,3 +239,14 @@ def test_dropout_acts_in_training_only_and_adds_no_parameters(name):
         a, b = dropped(idx).logits, dropped(idx).logits
     assert not torch.allclose(a, b)  # a fresh mask every call
     assert not torch.allclose(a, plain(idx).logits)
+
+
+def test_the_model_layer_imports_nothing_above_it():
+    """model/ is the bottom layer: training, inference, chat and serving build on it, never the reverse."""
+    above = ("tilelli.train", "tilelli.infer", "tilelli.chat", "tilelli.serve", "tilelli.probe", "tilelli.commands",
+             "tilelli.cli")
+    for path in Path(tilelli.model.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            assert not [n for n in names if n.startswith(above)], f"{path} imports {names}"

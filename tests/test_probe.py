@@ -14,8 +14,16 @@ from tilelli.cli import main
 from tilelli.infer import load_decoder
 from tilelli.infer.generate import SamplingConfig, generate_batch
 from tilelli.model.checkpoint import save
+from tilelli.model.checkpoint_files import (
+    DEFAULT_CHAT_MODEL,
+    DEFAULT_MODEL,
+    SHIPPED_DIR,
+    TEMPLATE_KEY,
+    data_template,
+    is_chat_checkpoint,
+)
 from tilelli.model.models import build_model
-from tilelli.probe import checkpoint_label, is_chat_checkpoint
+from tilelli.probe import checkpoint_label
 from tilelli.probe.detector import fit_detector, fit_logistic, log_loss
 from tilelli.probe.metrics import auroc, auroc_ci, auroc_difference_ci, rates_at, roc_curve
 from tilelli.probe.report import OOD, evaluate, markdown, transfer
@@ -207,9 +215,19 @@ def test_evaluate_and_transfer_on_a_tiny_model(lite, lite_twin, vanilla):
 
 def test_checkpoint_names(tmp_path):
     run = tmp_path / "chat-lite" / "checkpoints" / "step-0000050"
-    run.mkdir(parents=True)
-    assert is_chat_checkpoint(run) and checkpoint_label(run) == "chat-lite/step-0000050"
-    assert not is_chat_checkpoint(tmp_path / "tilelli-lite-fp32")
+    assert checkpoint_label(run) == "chat-lite/step-0000050"
+    assert checkpoint_label(tmp_path / "tilelli-lite-fp32") == "tilelli-lite-fp32"
+
+
+def test_chat_ness_is_the_checkpoints_own_record(tmp_path):
+    """Read from config.json, not guessed from a name: a chat model may be called anything."""
+    model = build_model(tiny("tilelli-lite-fp32"))
+    plain = save(model, tmp_path / "chat-named-but-plain")
+    chat = save(model, tmp_path / "plainly-named", extra={TEMPLATE_KEY: "chat"})
+    assert not is_chat_checkpoint(plain) and is_chat_checkpoint(chat)
+    assert is_chat_checkpoint(SHIPPED_DIR / DEFAULT_CHAT_MODEL) and not is_chat_checkpoint(SHIPPED_DIR / DEFAULT_MODEL)
+    assert data_template({"format": "tilelli-bytes"}) == "plain" and data_template({}) == "plain"
+    assert data_template({"format": "tilelli chat v1: 0xFE user 0xFD reply 0xFF (tilelli.chat.template)"}) == "chat"
 
 
 # --- the CLI -------------------------------------------------------------------------------------

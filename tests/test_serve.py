@@ -169,7 +169,7 @@ def test_utf8_text_holds_back_split_characters_and_replaces_invalid_bytes():
 
 def test_stream_never_cuts_a_character(fake):
     """The fake says Hé€😀! one byte per step: the multi-byte characters span steps."""
-    events = stream(fake, "/v1/completions", {"prompt": "x", "max_tokens": 20, "confidences": True})
+    events = stream(fake, "/v1/completions", {"prompt": "x", "max_tokens": 20, "confidences": True, "logprobs": 2})
     chunks = [e for e in events[:-1] if e["choices"][0]["text"]]
     texts = [c["choices"][0]["text"] for c in chunks]
     full = ("Hé€😀!".encode() * 3)[:20].decode("utf-8", "replace")
@@ -178,8 +178,35 @@ def test_stream_never_cuts_a_character(fake):
     for c in chunks:
         choice = c["choices"][0]
         assert len(choice["char_confidences"]) == len(choice["text"])
-        assert 0 <= min(choice["byte_confidences"]) and max(choice["byte_confidences"]) <= 1
-    assert sum(len(c["choices"][0]["byte_confidences"]) for c in chunks) == 20
+        assert all(lp <= 0 for lp in choice["logprobs"]["token_logprobs"])
+    assert sum(len(c["choices"][0]["logprobs"]["tokens"]) for c in chunks) == 20  # every byte once
+
+
+def test_logprobs_are_openais_shapes_with_bytes_for_partial_characters(fake):
+    """Each byte is a token: ASCII as itself, a byte of a multi-byte character as its escape, with
+    `bytes` holding it; greedy, the first alternative is the byte chosen."""
+    whole = httpx.post(fake + "/v1/chat/completions", json={"messages": chat("hi"), "max_tokens": 6,
+                                                           "logprobs": True, "top_logprobs": 3}).json()
+    content = whole["choices"][0]["logprobs"]["content"]
+    assert [t["token"] for t in content] == ["H", "\\xc3", "\\xa9", "\\xe2", "\\x82", "\\xac"]
+    assert b"".join(bytes(t["bytes"]) for t in content) == "Hé€".encode() == whole["choices"][0]["message"][
+        "content"].encode()
+    for t in content:
+        assert len(t["top_logprobs"]) == 3 and t["top_logprobs"][0]["bytes"] == t["bytes"]
+        assert t["top_logprobs"][0]["logprob"] == t["logprob"] <= 0
+        assert t["top_logprobs"][1]["logprob"] <= t["top_logprobs"][0]["logprob"]
+    streamed = stream(fake, "/v1/chat/completions", {"messages": chat("hi"), "max_tokens": 6, "logprobs": True,
+                                                     "top_logprobs": 3})
+    pieces = [c["choices"][0] for c in streamed[:-1] if c["choices"][0]["delta"].get("content")]
+    assert [[t["token"] for t in p["logprobs"]["content"]] for p in pieces] == [["H"], ["\\xc3", "\\xa9"],
+                                                                              ["\\xe2", "\\x82", "\\xac"]]
+    assert sum((p["logprobs"]["content"] for p in pieces), []) == content
+    plain = httpx.post(fake + "/v1/completions", json={"prompt": "xy", "max_tokens": 3, "logprobs": 0}).json()
+    legacy = plain["choices"][0]["logprobs"]
+    assert legacy["tokens"] == ["H", "\\xc3", "\\xa9"] and legacy["text_offset"] == [2, 3, 3]
+    assert legacy["top_logprobs"] == [{}, {}, {}] and len(legacy["token_logprobs"]) == 3
+    assert httpx.post(fake + "/v1/completions", json={"prompt": "x", "max_tokens": 1}).json()["choices"][0][
+        "logprobs"] is None  # not asked for: null, as OpenAI
 
 
 def test_invalid_bytes_become_replacement_characters():
@@ -319,7 +346,10 @@ BAD = [
     ("/v1/completions", {"prompt": "x", "stream": "yes"}, 400, "stream must be true or false"),
     ("/v1/completions", {"prompt": "x", "stop": ["a", 1]}, 400, "stop must be a string or a list of strings"),
     ("/v1/completions", {"prompt": "x", "n": 2}, 400, "one choice per request"),
-    ("/v1/completions", {"prompt": "x", "logprobs": 5}, 400, "\"confidences\": true"),
+    ("/v1/completions", {"prompt": "x", "logprobs": 6}, 400, "logprobs must be between 0 and 5"),
+    ("/v1/chat/completions", {"messages": chat("hi"), "top_logprobs": 2}, 400, "top_logprobs needs \"logprobs\""),
+    ("/v1/chat/completions", {"messages": chat("hi"), "logprobs": True, "top_logprobs": 21}, 400,
+     "top_logprobs must be between 0 and 20"),
     ("/v1/completions", {"prompt": "x", "model": "gpt-4"}, 404, "model 'gpt-4' is not served here"),
     ("/v1/completions", {"prompt": "x", "model": 7}, 400, "model must be a string"),
     ("/v1/chat/completions", {"messages": []}, 400, "messages is empty"),
@@ -473,6 +503,31 @@ def test_openai_client_completion_chat_and_stream(real, ckpt):
     assert text == done.choices[0].text
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="gpt-4", prompt="x", max_tokens=1)
+
+
+def test_openai_client_reads_logprobs(real):
+    """What a tool that reads OpenAI logprobs gets: the typed objects of the official client."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=real + "/v1", api_key="unused", max_retries=0, timeout=30)
+    model = client.models.list().data[0].id
+    ask = {"model": model, "messages": chat("Hello!"), "max_tokens": 12, "temperature": 0, "logprobs": True,
+           "top_logprobs": 4}
+    answer = client.chat.completions.create(**ask)
+    content = answer.choices[0].logprobs.content
+    assert b"".join(bytes(t.bytes) for t in content).decode("utf-8", "replace") == answer.choices[0].message.content
+    assert answer.usage.completion_tokens == len(content)  # a token is a byte
+    for t in content:
+        assert t.logprob <= 0 and len(t.top_logprobs) == 4
+        assert t.top_logprobs[0].bytes == t.bytes and t.top_logprobs[0].logprob == pytest.approx(t.logprob)  # greedy
+        assert sum(math.exp(a.logprob) for a in t.top_logprobs) <= 1 + 1e-6
+    parts = list(client.chat.completions.create(**ask, stream=True))
+    streamed = [t for p in parts if p.choices and p.choices[0].logprobs for t in p.choices[0].logprobs.content]
+    assert [(t.bytes, t.logprob) for t in streamed] == [(t.bytes, t.logprob) for t in content]
+    done = client.completions.create(model=model, prompt="Once upon a time", max_tokens=8, temperature=0, logprobs=2)
+    legacy = done.choices[0].logprobs
+    assert len(legacy.tokens) == len(legacy.token_logprobs) == len(legacy.top_logprobs) == 8
+    assert all(len(alternatives) == 2 for alternatives in legacy.top_logprobs)
+    assert legacy.text_offset[0] == len("Once upon a time")
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
         client.completions.create(model=model, prompt="x", max_tokens=10_000)
 

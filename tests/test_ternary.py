@@ -1,8 +1,11 @@
+import numpy as np
 import pytest
 import torch
 
+from tilelli.infer.weights import quantized_weight
 from tilelli.model.config import TernaryOptions
 from tilelli.model.pathways.conv import CausalConv
+from tilelli.model.quantizer import absmean_scale, learned_scale
 from tilelli.model.ternary import (
     TernaryEmbedding,
     TernaryLinear,
@@ -114,3 +117,26 @@ def test_embedding_quantized_rows():
     out = emb(torch.tensor([[3, 7]]))
     for vec in out[0]:
         assert len(set(vec.abs().tolist()) - {0.0}) == 1
+
+
+@pytest.mark.parametrize("opts", [Q, TernaryOptions(quantize=True, per_row=True),
+                                  TernaryOptions(quantize=True, lsq=True)],
+                         ids=["per-tensor", "per-row", "lsq"])
+def test_one_quantizer_for_training_and_the_engine(opts):
+    """The engine's loader (numpy, no torch) and training (torch) call the same quantizer: an
+    unpacked ternary weight gives the trits the model trained with, and its scale up to the float32
+    rounding of the mean (numpy and torch sum in different orders)."""
+    torch.manual_seed(0)
+    layer = TernaryLinear(70, 24, opts)
+    with torch.no_grad():
+        layer.weight[0] = 0.0  # an all-zero row: scale EPS per row, trits 0
+        w = layer.weight.numpy().copy()
+    if opts.lsq:
+        scale = learned_scale(layer.scale.detach().numpy()).reshape(-1, 1)
+    else:
+        scale = absmean_scale(w, opts.per_row)
+        np.testing.assert_allclose(scale, absmean_scale(layer.weight.detach(), opts.per_row).numpy(), rtol=1e-6)
+    engine = quantized_weight(w, scale).dense()
+    trained = layer.effective_weight().detach().numpy()
+    assert np.array_equal(np.sign(engine), np.sign(trained))  # the same trits
+    np.testing.assert_allclose(engine, trained, rtol=1e-6, atol=0)

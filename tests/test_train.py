@@ -17,7 +17,8 @@ import torch
 
 import tilelli
 from tilelli.cli import main
-from tilelli.train.runs import list_checkpoints, read_metrics
+from tilelli.model.checkpoint_files import list_checkpoints, read_config
+from tilelli.train.runs import read_metrics
 from tilelli.train.trainer import TrainConfig, Trainer
 
 TINY = {"d_model": 32, "n_layers": 2, "n_heads": 4, "d_head": 8, "max_seq_len": 128}
@@ -124,6 +125,7 @@ def test_metrics_run_json_and_checkpoints(data_dir, tmp_path, capsys):
     assert [p.name for p in list_checkpoints(out)] == ["step-0000020", "step-0000030"]
     model = tilelli.load(list_checkpoints(out)[-1])  # a training checkpoint is a model checkpoint
     assert model.config == TrainConfig(model="tilelli-lite-fp32", overrides=TINY).model_config()
+    assert read_config(list_checkpoints(out)[-1])["template"] == "plain"  # what text it continues: its own record
     info = json.loads((out / "run.json").read_text())
     meta = json.loads((data_dir / "meta.json").read_text())
     assert info["data"]["train_sha256"] == meta["train"]["sha256"]

@@ -1,10 +1,16 @@
-"""`tilelli eval`: nats/byte and bits/byte of a checkpoint on a file, with a bootstrap CI."""
+"""`tilelli eval`: nats/byte and bits/byte of a checkpoint on a file, with a bootstrap CI.
+
+A whole file takes minutes on a CPU, so a progress bar (tqdm, on stderr) shows the bytes done
+when stderr is a terminal; `--no-progress` turns it off. `--max-bytes N` scores exactly the first
+N predictions (the last window is cut short), and the result says how many bytes it covered.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 from tilelli.errors import TilelliError
@@ -26,10 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=_positive_int, default=256,
                         help="window length; each window starts without context (default 256)")
     parser.add_argument("--batch-size", type=_positive_int, default=16, help="windows per forward pass (default 16)")
-    parser.add_argument("--max-bytes", type=_positive_int, default=None, help="evaluate only the first N bytes")
+    parser.add_argument("--max-bytes", type=_positive_int, default=None,
+                        help="evaluate only the first N bytes (exactly N predictions)")
     parser.add_argument("--bootstrap", type=_positive_int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (there is none either when stderr is not a terminal)")
     parser.add_argument("--json", action="store_true",
                         help='print one object {"nats_per_byte", "bpb", "bpb_ci": [lo, hi], "bytes"}')
 
@@ -44,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise TilelliError(f"no checkpoint at {args.checkpoint}: the directory does not exist")
 
     import torch
+    from tqdm import tqdm
 
     from tilelli.model.checkpoint import default_checkpoint, load
     from tilelli.train.evaluate import bootstrap_ci, window_losses
@@ -53,10 +63,13 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.checkpoint or default_checkpoint())
     if args.seq_len > model.config.max_seq_len:
         raise TilelliError(f"--seq-len {args.seq_len} exceeds the model's context {model.config.max_seq_len}")
-    max_batches = None
+    positions = data.stat().st_size - 1  # what the windows cover; the bar counts it
     if args.max_bytes is not None:
-        max_batches = max(1, math.ceil(args.max_bytes / (args.seq_len * args.batch_size)))
-    sums, counts = window_losses(model, data, args.batch_size, args.seq_len, max_batches)
+        positions = min(positions, args.max_bytes)
+    with tqdm(total=positions, unit="B", unit_scale=True, desc="eval", delay=1.0, leave=False,
+              disable=args.no_progress or not sys.stderr.isatty()) as bar:
+        sums, counts = window_losses(model, data, args.batch_size, args.seq_len, max_bytes=args.max_bytes,
+                                     on_batch=bar.update)
     nats = float(sums.sum() / counts.sum())
     lo, hi = bootstrap_ci(sums, counts, args.bootstrap, seed=args.seed)
     result = {"nats_per_byte": nats, "bpb": nats / math.log(2), "bpb_ci": [lo / math.log(2), hi / math.log(2)],

@@ -43,7 +43,8 @@ def _bpb(model: Any, data: Path) -> tuple[float, int]:
 
 def _source_dir(args: argparse.Namespace) -> Path:
     from tilelli.model.checkpoint import checkpoint_dir
-    from tilelli.train.runs import best_checkpoint, list_checkpoints
+    from tilelli.model.checkpoint_files import list_checkpoints
+    from tilelli.train.runs import best_checkpoint
 
     source = Path(args.checkpoint)
     if args.best:
@@ -74,13 +75,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from tilelli.model.checkpoint import load, read_config, save
+    from tilelli.model.checkpoint_files import TEMPLATE_KEY
 
     if args.threads:
         torch.set_num_threads(args.threads)
     source = _source_dir(args)
     src_cfg = read_config(source)
     model = load(source)
-    extra: dict[str, Any] = {k: src_cfg[k] for k in ("step", "tokens", "train") if k in src_cfg}
+    extra: dict[str, Any] = {k: src_cfg[k] for k in ("step", "tokens", "train", TEMPLATE_KEY) if k in src_cfg}
     extra["exported_from"] = str(source)
     init_from = src_cfg.get("train", {}).get("init_from")
     if init_from:  # fine-tuned from another checkpoint: record what that one had seen

@@ -1,7 +1,7 @@
 """`tilelli models`: the named configs with their real parameter counts.
 
-The counts come from the configs' shapes (tilelli.model.params), not from built models, so the table
-answers at once instead of after the torch import; a test pins them to `build_model(cfg)`.
+The counts are the models' own (`tilelli.model.models.count_params`: each config built on the meta
+device), so they cannot disagree with what `tilelli train` builds.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from tilelli.model.config import from_name, list_configs
-from tilelli.model.params import count_params
+from tilelli.model.models import count_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ disjoint training split) from the shared data into OUT/probe-sets/ (or reads the
 measures every signal of one checkpoint on both (`tilelli.probe.signals`), fits the detector on
 the training split and writes OUT/probe.json and OUT/probe.md (`tilelli.probe.report`). OUT is
 `results/` under the current directory unless --out says otherwise. `--build-sets` only writes
-the sets. `benchmarks/probe.py` runs this for the shipped checkpoints side by side.
+the sets. `studies/probe/benchmark.py` runs this for the shipped checkpoints side by side.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--checkpoint", default=None,
         help="checkpoint or training run directory (default: the shipped tilelli-lite-ternary, or $TILELLI_CHECKPOINT)")
     add("--template", choices=("auto", "chat", "plain"), default="auto",
-        help="wrap prompts in the chat template (chat) or not (plain); auto: chat when the checkpoint's path "
-             "names a chat model (a directory called *chat*)")
+        help="wrap prompts in the chat template (chat) or not (plain); auto: chat when the checkpoint's "
+             "config.json says it was trained on a chat set")
     add("--shared", type=Path, default=Path("../shared/data"), metavar="DIR",
         help="the shared data directory the sets are built from (default ../shared/data)")
     add("--sets", type=Path, default=None, metavar="DIR",
@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         ckpt = checkpoint_dir(args.checkpoint or default_checkpoint())
         config = read_config(ckpt)
 
-    from tilelli.probe import checkpoint_label, is_chat_checkpoint
+    from tilelli.model.checkpoint_files import is_chat_checkpoint
+    from tilelli.probe import checkpoint_label
     from tilelli.probe.sets import build_sets, open_sets, read_set
 
     sets = args.sets

@@ -1,7 +1,7 @@
 """Decode-speed measurements, all in one process so their ratios mean something on a noisy
 machine: the reference GPT (no cache, cached), tilelli's PyTorch path and the native engine,
 batch 1 and 8, prefill, speed by context position; plus start-up time and peak memory of
-`tilelli generate` as a user runs it. `tilelli bench` and `benchmarks/decode_speed.py` use it.
+`tilelli generate` as a user runs it. `tilelli bench` and `studies/speed/decode_speed.py` use it.
 
 Every figure is the median of `repeats` timed runs after one warm-up run; bytes/s counts
 generated (or prefilled) bytes over wall time.

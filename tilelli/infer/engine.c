@@ -34,7 +34,9 @@ enum { W_F32 = 0, W_BF16 = 1, W_T2 = 2 };
 enum { ARCH_LITE = 0, ARCH_VANILLA = 1 };
 #define BLOCK 64     /* weights per 2-bit block */
 #define ROWS 4       /* output rows computed together */
-#define MAX_TOP_K 256
+#ifndef MAX_TOP_K /* the most keys a query keeps: tilelli/kernels/build.py passes -DMAX_TOP_K */
+#error "MAX_TOP_K is set by tilelli/kernels/build.py"
+#endif
 
 typedef struct {
     int64_t kind, rows, cols;

@@ -25,11 +25,10 @@ import numpy as np
 
 from tilelli.errors import TilelliError
 from tilelli.infer.weights import KIND_T2, CheckpointTensors, EngineWeight, read_safetensors
-from tilelli.kernels.build import NativeLibrary
+from tilelli.kernels.build import MAX_TOP_K, NativeLibrary
 from tilelli.model.checkpoint_files import WEIGHTS_FILE, checkpoint_dir, read_config
 from tilelli.model.config import ModelConfig
 
-MAX_TOP_K = 256  # MAX_TOP_K in engine.c
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from tilelli.errors import TilelliError
 from tilelli.model.packing import unpack_trits
+from tilelli.model.quantizer import absmean_scale, learned_scale, trits_of
 
 BLOCK = 64  # weights per 2-bit block, BLOCK in engine.c
 KIND_F32, KIND_BF16, KIND_T2 = 0, 1, 2
@@ -75,15 +76,6 @@ def pack_2bit(trits: np.ndarray) -> np.ndarray:
     return np.bitwise_or.reduce(codes << shifts, axis=2).reshape(rows, nb * 8)
 
 
-def quantize(w2d: np.ndarray, per_row: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(trits int8, scales float32) of `tilelli.model.ternary`: alpha = mean|w| (clamped at 1e-8),
-    trits = clamp(round(w / alpha), -1, 1); for unpacked ternary checkpoints."""
-    w = w2d.astype(np.float32)
-    scale = np.abs(w).mean(axis=1, keepdims=True) if per_row else np.abs(w).mean().reshape(1, 1)
-    scale = np.maximum(scale, np.float32(1e-8)).astype(np.float32)
-    return np.clip(np.round(w / scale), -1, 1).astype(np.int8), scale.reshape(-1)
-
-
 @dataclass
 class EngineWeight:
     """One matrix as the engine reads it: kind, (rows, cols), data, scales (T2 only)."""
@@ -117,6 +109,12 @@ def ternary_weight(trits: np.ndarray, scale: np.ndarray) -> EngineWeight:
     return EngineWeight(KIND_T2, rows, cols, pack_2bit(trits), scale, per_row=scale.size > 1)
 
 
+def quantized_weight(w2d: np.ndarray, scale: np.ndarray) -> EngineWeight:
+    """The 2-bit engine weight of a latent (unpacked) ternary weight under `scale`: the trits the
+    model's own quantizer (`tilelli.model.quantizer`) gives, so they match training exactly."""
+    return ternary_weight(trits_of(w2d, scale).astype(np.int8), scale)
+
+
 class CheckpointTensors:
     """Named weights of one checkpoint, each turned into what the engine holds."""
 
@@ -145,11 +143,10 @@ class CheckpointTensors:
             raise TilelliError(f"the checkpoint lacks the weight of {prefix!r}; it does not match its config.json")
         w2d = w.reshape(w.shape[0], -1)
         if ternary:
-            if self.lsq:
-                scale = np.maximum(np.abs(as_float32(t[f"{prefix}.scale"])), np.float32(1e-8)).reshape(-1, 1)
-                codes = np.clip(np.round(as_float32(w2d) / scale), -1, 1).astype(np.int8)
-                return ternary_weight(codes, scale)
-            return ternary_weight(*quantize(as_float32(w2d), self.per_row))
+            w2d = as_float32(w2d)
+            scale = (learned_scale(as_float32(t[f"{prefix}.scale"])).reshape(-1, 1) if self.lsq
+                     else absmean_scale(w2d, self.per_row))
+            return quantized_weight(w2d, scale)
         kind = KIND_BF16 if w2d.dtype == np.uint16 else KIND_F32
         data = np.ascontiguousarray(w2d if kind == KIND_BF16 else as_float32(w2d))
         return EngineWeight(kind, w2d.shape[0], w2d.shape[1], data, np.ones(1, np.float32))

@@ -30,8 +30,12 @@ if TYPE_CHECKING:  # the build machinery itself stays torch-free: the inference 
     import torch
 
 COMPILER = "cc"
+# The most keys a top-k attention query keeps in the native code (the training kernel and the
+# inference engine size their per-query buffers with it); a larger top_k runs on PyTorch.
+MAX_TOP_K = 256
 # IEEE arithmetic (no -ffast-math); `omp simd` reductions may reorder sums, contraction may fuse.
-FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
+FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared", "-std=c11",
+         f"-DMAX_TOP_K={MAX_TOP_K}"]
 
 _disabled = 0
 _noted: set[str] = set()  # the notes said so far in this process

@@ -35,7 +35,9 @@ static inline void axpy(float *restrict y, float a, const float *restrict x, int
     for (int64_t c = 0; c < n; ++c) y[c] += a * x[c];
 }
 
-#define MAX_TOP_K 256
+#ifndef MAX_TOP_K /* the most keys a query keeps: tilelli/kernels/build.py passes -DMAX_TOP_K */
+#error "MAX_TOP_K is set by tilelli/kernels/build.py"
+#endif
 #define KEY_BLOCK 16 /* scores are computed in register blocks of ROWS queries x KEY_BLOCK keys */
 #define ROWS 4
 

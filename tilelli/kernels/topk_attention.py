@@ -20,11 +20,9 @@ from pathlib import Path
 
 import torch
 
-from tilelli.kernels.build import NativeLibrary, contiguous_rows, kernel_disabled
+from tilelli.kernels.build import MAX_TOP_K, NativeLibrary, contiguous_rows, kernel_disabled
 
 __all__ = ["MAX_TOP_K", "applicable", "available", "kernel_disabled", "library", "topk_attention"]
-
-MAX_TOP_K = 256  # MAX_TOP_K in the C source
 
 
 class _Strides(ctypes.Structure):

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from tilelli.errors import TilelliError
-from tilelli.train.runs import list_checkpoints
 
 FORMAT = "tilelli"
 FORMAT_VERSION = 1
@@ -23,6 +23,21 @@ SHIPPED_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
 DEFAULT_MODEL = "tilelli-lite-ternary"
 CHAT_PREFIX = "tilelli-chat-"  # shipped chat models: tilelli-chat-<base>
 DEFAULT_CHAT_MODEL = "tilelli-chat-lite-ternary"  # `tilelli chat` and `tilelli serve` without --checkpoint
+# What text a model was trained to continue: config.json's "template" is "chat" (the turn format
+# of tilelli.chat.template) for a model trained on a `tilelli prepare-chat` set, else "plain".
+TEMPLATE_KEY = "template"
+# a training run directory keeps its checkpoints as CHECKPOINTS/step-NNNNNNN/
+CHECKPOINTS = "checkpoints"
+STEP_DIR = re.compile(r"step-(\d+)")
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary directories are never listed)."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
 
 
 def checkpoint_dir(path: str | os.PathLike) -> Path:
@@ -42,6 +57,18 @@ def checkpoint_dir(path: str | os.PathLike) -> Path:
         raise TilelliError(f"{path} is not a tilelli checkpoint: it has no {CONFIG_FILE} "
                            f"(a checkpoint directory holds {CONFIG_FILE} and {WEIGHTS_FILE})")
     return path
+
+
+def data_template(meta: dict[str, Any]) -> str:
+    """The template of a prepared data directory, from its meta.json: a `tilelli prepare-chat` set
+    names the chat format ("tilelli chat v1: ..."), a `tilelli prepare` set "tilelli-bytes"."""
+    return "chat" if str(meta.get("format", "")).startswith("tilelli chat") else "plain"
+
+
+def is_chat_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether prompts go to this checkpoint in the chat template: what its own config.json says
+    it was trained on (not its name: a chat model may be called anything)."""
+    return read_config(path).get(TEMPLATE_KEY) == "chat"
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:

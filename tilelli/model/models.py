@@ -109,3 +109,11 @@ class LM(nn.Module):
 
 def build_model(config: ModelConfig) -> LM:
     return LM(config)
+
+
+def count_params(config: ModelConfig) -> int:
+    """Parameters of `build_model(config)`, counted on the model itself built on the meta device
+    (shapes only: no memory, no initialisation, well under a second), so that the count is the
+    definition's and no second description of the shapes can drift from it."""
+    with torch.device("meta"):
+        return build_model(config).num_params()

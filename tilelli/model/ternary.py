@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tilelli.model.config import TernaryOptions
+from tilelli.model.quantizer import absmean_scale, learned_scale, trits_of
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -52,17 +53,6 @@ class _ScaleGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad * ctx.g, None
-
-
-def absmean_scale(w2d: torch.Tensor, per_row: bool) -> torch.Tensor:
-    """alpha = mean(|w|), per tensor (1, 1) or per row (rows, 1); never exactly zero."""
-    a = w2d.abs().mean(dim=1, keepdim=True) if per_row else w2d.abs().mean().reshape(1, 1)
-    return a.clamp_min(1e-8)
-
-
-def trits_of(w2d: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The ternary codes clamp(round(w / scale), -1, 1) as floats in {-1, 0, 1}."""
-    return torch.clamp(torch.round(w2d / scale), -1.0, 1.0)
 
 
 def ternarize(w: torch.Tensor, per_row: bool = False) -> torch.Tensor:
@@ -127,7 +117,7 @@ class TernaryModule(nn.Module):
         """(rotated latent weight, scale, codes) of the quantizer; codes carry no gradient."""
         w2d = self._rotated(self.weight.reshape(self.weight.shape[0], -1))
         if self.opts.lsq:
-            scale = self.scale.abs().clamp_min(1e-8)
+            scale = learned_scale(self.scale)
         else:
             scale = absmean_scale(w2d.detach(), self.opts.per_row)
         return w2d, scale, trits_of(w2d.detach(), scale.detach())

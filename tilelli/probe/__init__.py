@@ -4,19 +4,13 @@
 `signals` measures a checkpoint's raw uncertainty signals and hidden states on them, `metrics`
 holds AUROC and its bootstrap intervals, `detector` the trained logistic-regression detector,
 and `report` turns measurements into the published numbers. `tilelli probe` runs it for one
-checkpoint, `benchmarks/probe.py` for the shipped ones side by side; see docs/probe.md.
+checkpoint, `studies/probe/benchmark.py` for the shipped ones side by side; see docs/probe.md.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-
-def is_chat_checkpoint(path: str | os.PathLike) -> bool:
-    """Whether prompts go to this checkpoint in the chat template: its directory, or the run
-    directory it sits in, names a chat model (tilelli-chat-*, runs/chat-*/checkpoints/step-N)."""
-    return any("chat" in part for part in Path(path).resolve().parts[-3:])
 
 
 def checkpoint_label(path: str | os.PathLike) -> str:

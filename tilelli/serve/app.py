@@ -144,6 +144,11 @@ class _EventStream(StreamingResponse):
             self.on_close()
 
 
+def prompt_chars(req: GenerationRequest) -> int:
+    """Where the reply starts in prompt + reply, in characters (logprobs' text_offset)."""
+    return len(req.prompt.decode("utf-8", "replace"))
+
+
 def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
@@ -270,11 +275,16 @@ def create_app(load: Callable[[], Decoder], model: str, defaults: SamplingConfig
         finally:
             worker.cancel(job)  # a no-op when it finished; else the client left or the server is stopping
 
-    def _extras(req: GenerationRequest, piece: Piece) -> dict[str, Any]:
-        if not req.confidences:
-            return {}
-        return {"byte_confidences": protocol.rounded(piece.byte_probs),
-                "char_confidences": protocol.rounded(piece.char_probs)}
+    def _extras(req: GenerationRequest, piece: Piece, offset: int) -> dict[str, Any]:
+        """A choice's logprobs (OpenAI's shape) and char_confidences (ours: OpenAI has no per-character
+        probability) for `piece`; `offset`: characters of prompt and reply before it (completions)."""
+        out: dict[str, Any] = {}
+        if req.logprobs:
+            out["logprobs"] = protocol.chat_logprobs(piece.tokens) if req.chat else \
+                protocol.completion_logprobs(piece.tokens, [offset + c for c in piece.char_of])
+        if req.confidences:
+            out["char_confidences"] = protocol.rounded(piece.char_probs)
+        return out
 
     def _final_extras(req: GenerationRequest, text: str, decision: Any) -> dict[str, Any]:
         """The chat decision's fields (tilelli.chat.abstain): abstained, why, and on request its signals."""
@@ -321,7 +331,7 @@ def create_app(load: Callable[[], Decoder], model: str, defaults: SamplingConfig
             choice["message"] = {"role": "assistant", "content": whole.text}
         else:
             choice["text"] = whole.text
-        choice.update(_extras(req, whole), **_final_extras(req, whole.text, decision))
+        choice.update(_extras(req, whole, prompt_chars(req)), **_final_extras(req, whole.text, decision))
         return JSONResponse({"id": protocol.new_id(req.chat), "object": "chat.completion" if req.chat
                              else "text_completion", "created": protocol.now(), "model": model,
                              "choices": [choice], "usage": protocol.usage(len(req.prompt), generated)})
@@ -339,12 +349,13 @@ def create_app(load: Callable[[], Decoder], model: str, defaults: SamplingConfig
 
         if req.chat:
             yield chunk({"delta": {"role": "assistant", "content": ""}})
-        text, decision = [], None
+        text, decision, offset = [], None, prompt_chars(req)
         async for kind, value in channel.events():
             if kind == "piece":
                 text.append(value.text)
                 body = {"delta": {"content": value.text}} if req.chat else {"text": value.text}
-                yield chunk({**body, **_extras(req, value)})
+                yield chunk({**body, **_extras(req, value, offset)})
+                offset += len(value.text)
             elif kind == "decision":
                 decision = value
             elif kind == "error":

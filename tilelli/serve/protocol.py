@@ -8,9 +8,15 @@ field. Parsing a dict by hand keeps every message in one place and in the projec
 What is read (everything else a client sends, such as `user`, is ignored):
   both:  model, max_tokens, temperature, top_p, top_k (extra), seed, stop, stream,
          stream_options.include_usage, n (1 only), confidences (extra)
-  completions: prompt (a string, or a list of one string)
-  chat:  messages, max_completion_tokens (newer name of max_tokens), abstain_probability (extra)
-Refused with a 400 rather than silently ignored: n > 1, logprobs, echo, best_of > 1, tools.
+  completions: prompt (a string, or a list of one string), logprobs (0-5 alternatives)
+  chat:  messages, max_completion_tokens (newer name of max_tokens), logprobs, top_logprobs (0-20),
+         abstain_probability (extra)
+Refused with a 400 rather than silently ignored: n > 1, echo, best_of > 1, tools.
+
+Tokens are bytes. In logprobs a byte's `token` is its character when it is one (ASCII), else its
+escape ("\\xe2"), and `bytes` always holds the byte itself: a multi-byte character is several
+tokens whose `bytes` concatenate to its UTF-8. A logprob is the model's own log probability
+(softmax at temperature 1, before top-k / top-p), as OpenAI reports it.
 
 Chat messages become the chat template's turns: system (and developer) messages are joined
 and put before the first user message, separated by a blank line (the model was trained on
@@ -29,7 +35,7 @@ from typing import Any
 from tilelli.chat.session import conversation_prompt
 from tilelli.chat.template import END_BYTE, USER_BYTE
 from tilelli.errors import TilelliError
-from tilelli.infer.generate import SamplingConfig
+from tilelli.infer.generate import GeneratedByte, SamplingConfig
 
 
 class ApiError(Exception):
@@ -59,6 +65,7 @@ class GenerationRequest:
     confidences: bool
     abstain_probability: bool
     dropped_turns: int = 0  # chat: oldest turns left out to fit the context
+    logprobs: bool = False  # report each token's logprob (and cfg.top_logprobs alternatives)
 
 
 def bad(message: str, param: str | None = None, code: str | None = None) -> ApiError:
@@ -123,9 +130,6 @@ def _refuse_unsupported(body: dict) -> None:
     best_of = _int(body, "best_of", lo=1)
     if best_of is not None and best_of != 1:
         raise bad("best_of is not supported; send several requests", "best_of")
-    if body.get("logprobs") not in (None, False):
-        raise bad("logprobs is not supported; ask for per-byte probabilities with \"confidences\": true",
-                  "logprobs")
     if body.get("echo") not in (None, False):
         raise bad("echo is not supported; the prompt is yours already", "echo")
     for key in ("tools", "functions"):
@@ -147,8 +151,22 @@ def _stops(body: dict) -> tuple[bytes, ...]:
     return tuple(s.encode("utf-8") for s in items)
 
 
-def _common(body: dict, defaults: SamplingConfig, cap: int, chat: bool) -> tuple[SamplingConfig, bool, bool]:
-    """The sampling settings, stream flag and include_usage flag shared by both endpoints."""
+def _logprobs(body: dict, chat: bool) -> tuple[bool, int]:
+    """(report logprobs, alternatives per token): chat's `logprobs` (true/false) and
+    `top_logprobs` (0-20), or the completions endpoint's `logprobs` (0-5, the alternatives)."""
+    if not chat:
+        if body.get("logprobs") is None or body.get("logprobs") is False:  # (0 == False: 0 asks for them)
+            return False, 0
+        return True, _int(body, "logprobs", lo=0, hi=5)
+    wanted = _bool(body, "logprobs")
+    top = _int(body, "top_logprobs", lo=0, hi=20)
+    if top is not None and not wanted:
+        raise bad("top_logprobs needs \"logprobs\": true", "top_logprobs")
+    return wanted, top or 0
+
+
+def _common(body: dict, defaults: SamplingConfig, cap: int, chat: bool) -> tuple[SamplingConfig, bool, bool, bool]:
+    """The sampling settings and the stream, include_usage and logprobs flags of both endpoints."""
     _refuse_unsupported(body)
     hint = f" (this server's cap, tilelli serve --max-new-tokens {cap})"
     max_tokens = _int(body, "max_tokens", lo=0, hi=cap, hint=hint)
@@ -167,19 +185,21 @@ def _common(body: dict, defaults: SamplingConfig, cap: int, chat: bool) -> tuple
     if options and not stream:
         raise bad("stream_options needs \"stream\": true", "stream_options")
     stop = _stops(body) + ((END_BYTE, USER_BYTE) if chat else ())
+    logprobs, top_logprobs = _logprobs(body, chat)
     cfg = SamplingConfig(
         max_new_tokens=cap if max_tokens is None else max_tokens,
         temperature=defaults.temperature if temperature is None else temperature,
         top_k=defaults.top_k if top_k is None else top_k,
         top_p=defaults.top_p if top_p is None else top_p,
         seed=defaults.seed if seed is None else seed,
-        stop=stop)
-    return cfg, stream, include_usage
+        stop=stop,
+        top_logprobs=top_logprobs)
+    return cfg, stream, include_usage, logprobs
 
 
 def parse_completion(body: dict, defaults: SamplingConfig, cap: int, context: int) -> GenerationRequest:
     """POST /v1/completions: the prompt's UTF-8 bytes, as they are (no chat template)."""
-    cfg, stream, usage = _common(body, defaults, cap, chat=False)
+    cfg, stream, usage, logprobs = _common(body, defaults, cap, chat=False)
     p = body.get("prompt")
     if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):
         p = p[0]
@@ -193,7 +213,8 @@ def parse_completion(body: dict, defaults: SamplingConfig, cap: int, context: in
     if len(data) > context:
         raise bad(f"prompt is {len(data)} bytes but the model's context is {context}; shorten it", "prompt",
                   "context_length_exceeded")
-    return GenerationRequest(False, data, cfg, stream, usage, _bool(body, "confidences"), False)
+    return GenerationRequest(False, data, cfg, stream, usage, _bool(body, "confidences"), False,
+                             logprobs=logprobs)
 
 
 def _content(m: dict, i: int) -> str:
@@ -252,14 +273,14 @@ def chat_turns(messages: Any) -> tuple[list[tuple[str, str]], str]:
 def parse_chat(body: dict, defaults: SamplingConfig, cap: int, context: int) -> GenerationRequest:
     """POST /v1/chat/completions: messages through the chat template; generation stops at the
     end of the assistant's turn."""
-    cfg, stream, usage = _common(body, defaults, cap, chat=True)
+    cfg, stream, usage, logprobs = _common(body, defaults, cap, chat=True)
     history, user = chat_turns(body.get("messages"))
     try:  # the prompt `tilelli chat` would build: the same room for the reply, the same dropped turns
         data, dropped = conversation_prompt(history, user, context, cfg)
     except TilelliError as e:
         raise bad(str(e), "messages", "context_length_exceeded") from None
     return GenerationRequest(True, data, cfg, stream, usage, _bool(body, "confidences"),
-                             _bool(body, "abstain_probability"), dropped)
+                             _bool(body, "abstain_probability"), dropped, logprobs=logprobs)
 
 
 FINISH = {"stop": "stop", "max_new_tokens": "length", "context": "length"}
@@ -285,3 +306,30 @@ def rounded(probs: list[float]) -> list[float]:
 def finite(x: float) -> float | None:
     """A number for JSON: rounded, or null when it is nan or infinite (JSON has neither)."""
     return round(x, 6) if math.isfinite(x) else None
+
+
+def token(byte: int) -> str:
+    """A byte as a logprobs `token`: its character when it is a whole one (ASCII), else "\\xNN"."""
+    return bytes([byte]).decode("utf-8", "backslashreplace")
+
+
+def logprob(p: float) -> float:
+    """log p, with OpenAI's -9999.0 for a probability that underflowed to 0 (JSON has no -inf)."""
+    return math.log(p) if p > 0 else -9999.0
+
+
+def _entry(byte: int, p: float) -> dict[str, Any]:
+    return {"token": token(byte), "logprob": logprob(p), "bytes": [byte]}
+
+
+def chat_logprobs(tokens: list[GeneratedByte]) -> dict[str, Any]:
+    """A chat choice's `logprobs`: one entry per generated byte, each with its alternatives."""
+    return {"content": [{**_entry(t.byte, t.prob), "top_logprobs": [_entry(b, p) for b, p in t.top]}
+                        for t in tokens], "refusal": None}
+
+
+def completion_logprobs(tokens: list[GeneratedByte], offsets: list[int]) -> dict[str, Any]:
+    """A completion choice's (legacy) `logprobs`; offsets[i]: where token i's character starts
+    in the prompt + completion text, in characters."""
+    return {"tokens": [token(t.byte) for t in tokens], "token_logprobs": [logprob(t.prob) for t in tokens],
+            "top_logprobs": [{token(b): logprob(p) for b, p in t.top} for t in tokens], "text_offset": offsets}

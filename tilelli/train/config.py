@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from tilelli.errors import TilelliError
+from tilelli.model.checkpoint_files import list_checkpoints
 from tilelli.model.config import ModelConfig, TernaryOptions, field_type_error, from_name
 from tilelli.train.paths import check_writable_dir
-from tilelli.train.runs import list_checkpoints
 
 OPTIMIZERS: tuple[str, ...] = ("adamw", "muon")  # tilelli.train.optim builds them
 OVERRIDABLE = frozenset(set(ModelConfig.__dataclass_fields__) - {"ternary"} | set(TernaryOptions.__dataclass_fields__))

@@ -207,6 +207,7 @@ def eval_windows(
     batch_size: int,
     seq_len: int,
     max_batches: int | None = None,
+    max_bytes: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Deterministic windows that predict every byte of the file after the first exactly once.
 
@@ -221,6 +222,9 @@ def eval_windows(
     counts the targets (inside the mask) up to the last turn boundary that fits, and the next
     window starts there; so every reply byte counts exactly once and always with its whole turn
     as context (a turn longer than a window counts only what fits).
+
+    `max_bytes` makes the file end after its first `max_bytes` predictions (bytes 1..max_bytes),
+    exactly: the last window is cut short rather than the count rounded to whole batches.
     """
     if batch_size < 1 or seq_len < 1:
         raise TilelliError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
@@ -228,6 +232,10 @@ def eval_windows(
     size = source.bytes.size
     if size < 2:
         raise TilelliError(f"{source.bytes.name} has {size} byte(s); evaluation needs at least 2")
+    if max_bytes is not None:
+        if max_bytes < 1:
+            raise TilelliError(f"max_bytes={max_bytes} must be >= 1")
+        size = min(size, max_bytes + 1)
     spans = _eval_spans(source.starts, size, seq_len)
     full = [(s, e) for s, e in spans if s + seq_len + 1 <= size]
     last = [(s, e) for s, e in spans if s + seq_len + 1 > size]  # at most one: it reaches the end of the file

@@ -7,6 +7,7 @@ any other byte-level model) without a tokenizer correction.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,25 +30,30 @@ class Evaluation:
 
 @torch.no_grad()
 def window_losses(model: torch.nn.Module, path: str | Path, batch_size: int, seq_len: int,
-                  max_batches: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  max_batches: int | None = None, max_bytes: int | None = None,
+                  on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Summed cross-entropy (nats) and byte count of every evaluation window of `path`.
 
     Windows are deterministic and non-overlapping (`eval_windows`), each starting without
     context. On a masked source only the targets inside the mask count. Per-window sums are what
     a bootstrap resamples. Runs in eval mode (the model as
     it is used: parent blocks skip low-weight pathways) and restores the previous mode.
+    `max_bytes` stops after exactly that many predictions (`eval_windows`); `on_batch` is told
+    how many positions each batch covered (a progress bar's update).
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     sums, counts = [], []
     try:
-        for x, y in eval_windows(path, batch_size, seq_len, max_batches):
+        for x, y in eval_windows(path, batch_size, seq_len, max_batches, max_bytes):
             logits = model(x.to(device)).logits.float()  # (B, T, V)
             nll = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), reduction="none",
                                   ignore_index=IGNORE)  # 0 at ignored targets
             sums.append(nll.view(y.shape).sum(1).double().cpu().numpy())  # (B,)
             counts.append((y != IGNORE).sum(1).numpy())  # (B,) targets that count
+            if on_batch is not None:
+                on_batch(y.numel())
     finally:
         model.train(was_training)
     return np.concatenate(sums), np.concatenate(counts)

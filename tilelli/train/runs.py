@@ -1,27 +1,18 @@
-"""The files of a run directory, readable without torch (for `tilelli plot` and scripts)."""
+"""The files of a run directory, readable without torch (for `tilelli plot` and scripts). Where
+a run keeps its checkpoints is the model layer's to know (`tilelli.model.checkpoint_files`): a
+checkpoint path may name a run directory anywhere a checkpoint is read."""
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from tilelli.errors import TilelliError
+from tilelli.model.checkpoint_files import STEP_DIR, list_checkpoints
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
-CHECKPOINTS = "checkpoints"
-_STEP_DIR = re.compile(r"step-(\d+)")
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (temporary directories are never listed)."""
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.fullmatch(p.name))]
-    return [p for _, p in sorted(found)]
 
 
 def read_metrics(run_dir: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -36,7 +27,7 @@ def read_metrics(run_dir: str | Path) -> tuple[list[dict[str, Any]], list[dict[s
 def best_checkpoint(run_dir: str | Path) -> Path:
     """The kept checkpoint at the validated step with the lowest valid bpb: with little data a
     model overfits, so the step to ship is chosen on validation, not taken as the last one."""
-    kept = {int(m.group(1)): p for p in list_checkpoints(run_dir) if (m := _STEP_DIR.fullmatch(p.name))}
+    kept = {int(m.group(1)): p for p in list_checkpoints(run_dir) if (m := STEP_DIR.fullmatch(p.name))}
     _, valid = read_metrics(run_dir)
     scored = [r for r in valid if r["step"] in kept]
     if not scored:

@@ -48,6 +48,7 @@ import torch.nn as nn
 
 from tilelli.errors import Interrupted, TilelliError
 from tilelli.model import checkpoint
+from tilelli.model.checkpoint_files import CHECKPOINTS, TEMPLATE_KEY, data_template, list_checkpoints
 from tilelli.model.config import TRAINING_FIELDS, ModelConfig, list_configs
 from tilelli.model.models import LM, build_model
 from tilelli.model.ternary import latent_state_dict
@@ -55,7 +56,7 @@ from tilelli.train.config import TrainConfig  # defined torch-free (the CLI chec
 from tilelli.train.data import ByteBatches, open_bin
 from tilelli.train.evaluate import evaluate_bpb
 from tilelli.train.optim import build_optimizers, lr_at, set_lr
-from tilelli.train.runs import CHECKPOINTS, METRICS_FILE, RUN_FILE, list_checkpoints, read_metrics
+from tilelli.train.runs import METRICS_FILE, RUN_FILE, read_metrics
 
 STATE_FILE = "trainer.pt"
 
@@ -436,10 +437,14 @@ class Trainer:
             raise TilelliError(f"--init-from {ckpt}: its weights do not fit {self.cfg.model} ({first}); "
                                "start from an unpacked checkpoint with the same ternary scale options") from None
 
+    def _data_meta(self) -> dict[str, Any]:
+        """The data directory's meta.json (empty for data prepared by hand, without one)."""
+        meta = self.data_dir / "meta.json"
+        return json.loads(meta.read_text()) if meta.is_file() else {}
+
     def _resume_key(self) -> dict[str, Any]:
         """Settings that must not change across a resume, or it would not continue the same run."""
-        meta = self.data_dir / "meta.json"
-        sha = json.loads(meta.read_text()).get("train", {}).get("sha256") if meta.is_file() else None
+        sha = self._data_meta().get("train", {}).get("sha256")
         cfg = self.cfg
         return {"optimizer": cfg.optimizer, "global_batch": cfg.batch_size * self.dist.world_size,
                 "seq_len": cfg.seq_len, "train_sha256": sha}
@@ -575,7 +580,8 @@ class Trainer:
                      "optimizers": [opt.state_dict() for opt in self.optimizers],
                      "data": self.batches.state_dict(), "rng": rng_state(),
                      "metrics_bytes": self.metrics.tell(), "last_valid": self.last_valid}
-            extra = {"step": self.step, "tokens": self.tokens, "train": self.cfg.to_dict()}
+            extra = {"step": self.step, "tokens": self.tokens, "train": self.cfg.to_dict(),
+                     TEMPLATE_KEY: data_template(self._data_meta())}
             self.last_checkpoint = save_train_checkpoint(self.out, self.step, self.raw_model, state, extra,
                                                          self.cfg.keep_last)
         if self.dist.world_size > 1:

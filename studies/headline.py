@@ -1,0 +1,73 @@
+"""The README's headline table: each shipped base model and its chat model in one row, every
+number read from a study's JSON record, every column linked to its full results.
+
+The README holds no other result: this is what keeps each of its numbers tied to a record that a
+check script re-measures (quality: studies.quality.check_quality; decoding:
+studies.speed.check_decode; chat: the chat study's check).
+
+    python -m studies.headline            # rewrite the README's headline block
+    python -m studies.headline --check    # exit 1 when the README's block is not what the records give
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from studies.common import README, ROOT, block_with
+from tilelli.model.checkpoint_files import CHAT_PREFIX, DEFAULT_MODEL
+
+MARKERS = ("<!-- headline:start (python -m studies.headline writes this block) -->", "<!-- headline:end -->")
+RECORDS = {"quality": "studies/quality/results/quality.json", "decode": "studies/speed/results/decode_speed.json",
+           "chat": "studies/chat/results/chat.json"}
+
+
+def chat_name(base: str) -> str:
+    """The shipped chat model fine-tuned from shipped base model `base`."""
+    return CHAT_PREFIX + base.removeprefix("tilelli-")
+
+
+def table(quality: dict, decode: dict, chat: dict) -> str:
+    chats = {m["name"]: m for m in chat["models"]}
+    lines = ["| model | stored as | valid bpb, 95 % CI ([quality](docs/results/quality.md)) | decoding, batch 1 "
+             "([speed](docs/results/decode_speed.md)) | its chat model refuses held-out facts "
+             "([chat](docs/results/chat.md)) | … and story requests (false refusals) |",
+             "|---|---|---|---:|---:|---:|"]
+    for row in sorted(quality["rows"], key=lambda r: r["name"] != DEFAULT_MODEL):
+        name, v = row["name"], row["valid"]
+        stored = (f"trits, {row['bits_per_weight']:.2f} bits/weight" if row["weights"] == "packed trits"
+                  else row["weights"]) + f", {row['checkpoint_kb']:,} KB"
+        speed = decode["models"][name]
+        c = chats[chat_name(name)]
+        lines.append(f"| `{name}`{' (default)' if name == DEFAULT_MODEL else ''} | {stored} | "
+                     f"{v['bpb']:.3f} ({v['ci'][0]:.3f}–{v['ci'][1]:.3f}) | {speed['fast_b1']:,.0f} bytes/s, "
+                     f"{speed['fast_b1_vs_reference']:.1f}x a PyTorch GPT | {c['facts_refused']['all']['rate']:.1%} | "
+                     f"{c['requests_refused']['all']['rate']:.1%} |")
+    return "\n".join(lines) + "\n"
+
+
+def rendered() -> str:
+    records = {k: json.loads((ROOT / path).read_text()) for k, path in RECORDS.items()}
+    return table(records["quality"], records["decode"], records["chat"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 when they differ")
+    args = ap.parse_args()
+    readme = README.read_text()
+    want = block_with(rendered(), readme, MARKERS)
+    if args.check:
+        if readme != want:
+            print("FAIL the README's headline table is not what the records give: run python -m studies.headline",
+                  file=sys.stderr)
+            return 1
+        print("ok   the README's headline table is what the records give")
+        return 0
+    README.write_text(want)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
