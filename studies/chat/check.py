@@ -1,4 +1,4 @@
-"""Re-check benchmarks/results/chat.json (the README's chat tables and conversations) from the
+"""Re-check studies/chat/results/chat.json (docs/results/chat.md and the README's chat columns) from the
 shipped chat checkpoints: rebuild the held-out sets from ../shared/data, re-calibrate, re-run
 every measurement, compare; and check the issue-23 targets the README states.
 
@@ -6,14 +6,15 @@ Tolerances: each model's thresholds, re-calibrated, within 0.01 (refusal probabi
 bits per byte (surprise); every refusal rate (kind x context) within 3 points; reply bpb within
 0.5 %; AUROCs within 0.01 (float sums and seeded sampling may differ slightly between CPUs and
 instruction sets). Exactly: the data hashes, the held-out sizes, zero answers quoting a refusal
-and zero invalid UTF-8, and the scripted conversations' replies (same CPU class); the README's
-chat block must equal chat.md. Targets (on the published numbers and on the re-measured ones):
+and zero invalid UTF-8, and the scripted conversations' replies (same CPU class);
+docs/results/chat.md must equal what chat.json renders to. Targets (on the published numbers
+and on the re-measured ones):
 facts refused >= 97 %, story requests refused <= 3 %, small talk <= 5 %, each unservable kind
 >= 95 %, every conversation rate within 3 points of its single-turn rate, for the default
 (ternary) model. Exits 1 and names every number that does not reproduce or target that is not
 met. About 10 minutes per model on 2 CPU cores.
 
-    python reproduce/chat.py [--model NAME]
+    python -m studies.chat.check [--model NAME]
 """
 
 from __future__ import annotations
@@ -24,26 +25,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from chat_eval import (  # noqa: E402
-    CONTEXTS,
-    MARKERS,
-    README,
-    RESULTS,
-    SHARED,
-    markdown,
-    measure_model,
-    script_markdown,
-)
-from checker import Checker  # noqa: E402
-from samples import readme_with  # noqa: E402
+from studies.chat.evaluate import CONTEXTS, RESULTS, measure_model, page_of
+from studies.checker import Checker
+from studies.common import DOCS, ROOT, SHARED
+from tilelli.chat.abstain import AbstainRule
+from tilelli.chat.dataset import build
+from tilelli.commands.calibrate import row_signals
+from tilelli.infer import load_decoder
 
-from tilelli.chat.abstain import AbstainRule  # noqa: E402
-from tilelli.chat.dataset import build  # noqa: E402
-from tilelli.commands.calibrate import row_signals  # noqa: E402
-from tilelli.infer import load_decoder  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 RATE, BPB, AUROC, REFUSAL_T, SURPRISE_T = 0.03, 0.005, 0.01, 0.01, 0.05
 DEFAULT = "tilelli-chat-lite-ternary"
 TARGETS = {"fact": (">=", 0.97), "request": ("<=", 0.03), "small_talk": ("<=", 0.05), "gibberish": (">=", 0.95),
@@ -104,10 +93,7 @@ def main() -> int:
                 checker.check(f"{name} conversation '{s_pub['prompt'][:24]}' identical", s_pub["reply"], s_now["reply"])
             if name == DEFAULT:
                 targets(checker, now, f"{name} (re-measured)")
-    block = markdown(published) + "\n" + script_markdown(published)
-    checker.check("chat.md = chat.json", True, (RESULTS / "chat.md").read_text() == block)
-    checker.check("README chat block = chat.md", True,
-                  README.read_text() == readme_with(block, README.read_text(), MARKERS))
+    checker.check("docs/results/chat.md = chat.json", True, (DOCS / "chat.md").read_text() == page_of(published))
     return checker.finish("chat")
 
 

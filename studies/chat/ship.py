@@ -1,21 +1,19 @@
-"""Export the chat runs of `chat_runs.py` into checkpoints/: the chat models that ship (issue 12).
+"""Export the chat runs of `studies/chat/runs.py` into checkpoints/: the chat models that ship (issue 23).
 
 - `tilelli-chat-lite-ternary` (the default of `tilelli chat` and `tilelli serve`): the ternary
   chat run's final checkpoint as packed trits;
 - `tilelli-chat-lite-fp32` and `tilelli-chat-vanilla-fp32`: the FP32 chat runs' final checkpoints
   in bf16, after checking the change on the whole held-out chat valid set (reply bytes only).
 
-    python experiments/ship_chat.py --runs-dir ~/tl/runs --data ~/tl/data/chat [--only NAME] [--dry-run]
+    python -m studies.chat.ship --runs-dir ~/tl/runs/chat --data ~/tl/data/chat [--only NAME] [--dry-run]
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chat_runs import SFT  # noqa: E402
-from ship_base import arguments, export_all  # noqa: E402
+from studies.base_models.ship import arguments, export_all
+from studies.chat.runs import SFT
 
 
 def final(runs: Path, name: str) -> str:

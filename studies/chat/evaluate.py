@@ -18,11 +18,11 @@ sampling defaults with a seed per prompt):
 - **signals**: AUROC of the refusal probability and of the surprise, answerable vs not.
 
 Rates have Wilson 95 % intervals; bpb a bootstrap over prompts. The teacher-forced passes run
-on the PyTorch path by default (`--score-engine`), the answers on the native engine. Writes benchmarks/results/
-chat.json / chat.md, with a scripted conversation per model for the README.
+on the PyTorch path by default (`--score-engine`), the answers on the native engine. Writes
+studies/chat/results/chat.json and docs/results/chat.md, with a scripted conversation per model.
 
-    python benchmarks/chat_eval.py                                 # the shipped chat checkpoints
-    python benchmarks/chat_eval.py --model NAME=CHAT_DIR:BASE_DIR  # e.g. runs in progress (repeatable)
+    python -m studies.chat.evaluate                                 # the shipped chat checkpoints
+    python -m studies.chat.evaluate --model NAME=CHAT_DIR:BASE_DIR  # e.g. runs in progress (repeatable)
 """
 
 from __future__ import annotations
@@ -39,26 +39,21 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from samples import readme_with  # noqa: E402
+from studies.common import SHARED, add_output_args, publish, results_dir, shown
+from tilelli.chat.abstain import REASONS, AbstainRule, Decision, answer_sampling, measure
+from tilelli.chat.dataset import build
+from tilelli.chat.defaults import CHAT_SAMPLING
+from tilelli.chat.session import ChatSession, conversation_prompt
+from tilelli.chat.template import turn
+from tilelli.infer import load_decoder
+from tilelli.infer.generate import generate_batch
+from tilelli.infer.score import continuation_logprobs
+from tilelli.model.checkpoint_files import SHIPPED_DIR, read_config
+from tilelli.train.evaluate import bootstrap_ci
+from tilelli.train.stats import wilson_interval
+from tilelli.train.trainer import cpu_name
 
-from tilelli.chat.abstain import REASONS, AbstainRule, Decision, answer_sampling, measure  # noqa: E402
-from tilelli.chat.dataset import build  # noqa: E402
-from tilelli.chat.defaults import CHAT_SAMPLING  # noqa: E402
-from tilelli.chat.session import ChatSession, conversation_prompt  # noqa: E402
-from tilelli.chat.template import turn  # noqa: E402
-from tilelli.infer import load_decoder  # noqa: E402
-from tilelli.infer.generate import generate_batch  # noqa: E402
-from tilelli.infer.score import continuation_logprobs  # noqa: E402
-from tilelli.model.checkpoint_files import SHIPPED_DIR, read_config  # noqa: E402
-from tilelli.train.evaluate import bootstrap_ci  # noqa: E402
-from tilelli.train.stats import wilson_interval  # noqa: E402
-from tilelli.train.trainer import cpu_name  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
-README = Path(__file__).resolve().parents[1] / "README.md"
-MARKERS = ("<!-- chat:start (benchmarks/chat_eval.py writes this block) -->", "<!-- chat:end -->")
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+RESULTS = results_dir(__file__)
 SHIPPED = {"tilelli-chat-lite-ternary": "tilelli-lite-ternary", "tilelli-chat-lite-fp32": "tilelli-lite-fp32",
            "tilelli-chat-vanilla-fp32": "vanilla-fp32"}
 SETS = ("facts", "requests", "small_talk", "other", "conversation")
@@ -197,12 +192,6 @@ def measure_model(name: str, chat_dir: Path, base_dir: Path, data: Path, threads
     }
 
 
-def shown(path: Path) -> str:
-    """A path relative to the repository when it is inside it (so that chat.json is portable)."""
-    root = Path(__file__).resolve().parents[1]
-    return str(path.resolve().relative_to(root)) if path.resolve().is_relative_to(root) else str(path)
-
-
 def pct(r: dict) -> str:
     if not r["n"]:
         return "—"
@@ -236,6 +225,11 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def page_of(result: dict) -> str:
+    """docs/results/chat.md: the tables, then each model's scripted conversation."""
+    return "# Chat decisions\n\n" + markdown(result) + "\n" + script_markdown(result)
+
+
 def script_markdown(result: dict) -> str:
     out = []
     for r in result["models"]:
@@ -256,10 +250,9 @@ def main() -> None:
                     help="decoder of the teacher-forced passes (signals, reply bpb); answers are always generated "
                          "by the default decoder. torch (default): its batched prefill is ~3x the native "
                          "engine's here, and its signals agree with the engine's within 1e-3 (tests/test_chat.py)")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="where chat.json / chat.md go")
+    add_output_args(ap, RESULTS)
     ap.add_argument("--limit", type=int, default=0,
                     help="only N prompts of each set, spread over it: a quick look, never for publishing")
-    ap.add_argument("--readme", action="store_true", help="also rewrite the README's chat block")
     ap.add_argument("--keep", action="store_true",
                     help="keep the rows of chat.json for the models not measured now (measure one model at a time)")
     args = ap.parse_args()
@@ -287,13 +280,9 @@ def main() -> None:
     result = {"machine": f"{cpu_name()}, {os.cpu_count()} CPUs", "limit": args.limit,
               "data": {"train_sha256": meta["train"]["sha256"], "valid_sha256": meta["valid"]["sha256"],
                        "held_out": meta["held_out"]}, "models": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "chat.json").write_text(json.dumps(result, indent=1) + "\n")
-    block = markdown(result) + "\n" + script_markdown(result)
-    (args.out / "chat.md").write_text(block)
-    if args.readme:
-        README.write_text(readme_with(block, README.read_text(), MARKERS))
-    print(block)
+    page = page_of(result)
+    publish(args, "chat", result, page)
+    print(page)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ Runs:
   so fine-tuning starts from the shipped twin itself. (The first chat twin started from the
   QAT run's latent weights; that run directory is gone, and the twin is what ships.)
 
-    python experiments/chat_runs.py --runs-dir ~/tl/runs/chat --data ~/tl/data/chat
-    python experiments/chat_runs.py --dry-run
+    python -m studies.chat.runs --runs-dir ~/tl/runs/chat --data ~/tl/data/chat
+    python -m studies.chat.runs --dry-run
 
 The three runs go side by side (one thread each). Rerunning resumes whatever is unfinished.
 """
@@ -28,14 +28,12 @@ The three runs go side by side (one thread each). Rerunning resumes whatever is 
 from __future__ import annotations
 
 import json
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab_runs import LITE, VANILLA, Run, final_valid_bpb, launch, launcher_parser  # noqa: E402
+from studies.common import ROOT
+from studies.launch import LITE, VANILLA, Run, final_valid_bpb, launch, launcher_parser
 
-ROOT = Path(__file__).resolve().parents[1]
 SFT = {"steps": 300, "warmup": 20, "batch_size": 4, "seq_len": 1024, "min_lr": 1e-4, "weight_decay": 0.1,
        "eval_every": 150, "eval_batches": 0, "ckpt_every": 50, "keep_last": 2}
 SETTING = ("muon", 1e-3)
