@@ -42,8 +42,8 @@ def table(quality: dict, decode: dict, chat: dict) -> str:
         c = chats[chat_name(name)]
         lines.append(f"| `{name}`{' (default)' if name == DEFAULT_MODEL else ''} | {stored} | "
                      f"{v['bpb']:.3f} ({v['ci'][0]:.3f}–{v['ci'][1]:.3f}) | {speed['fast_b1']:,.0f} bytes/s, "
-                     f"{speed['fast_b1_vs_reference']:.1f}x a PyTorch GPT | {c['refused']['fact']['single']['rate']:.1%} | "
-                     f"{c['refused']['request']['single']['rate']:.1%} |")
+                     f"{speed['fast_b1_vs_reference']:.1f}x a PyTorch GPT | {c['facts_refused']['all']['rate']:.1%} | "
+                     f"{c['requests_refused']['all']['rate']:.1%} |")
     return "\n".join(lines) + "\n"
 
 
