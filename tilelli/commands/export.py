@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from tilelli.commands.options import add_threads_argument, float_range
 from tilelli.errors import TilelliError
 from tilelli.train.paths import check_writable_dir
 
@@ -29,9 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     form.add_argument("--bf16", action="store_true", help="store weights in bfloat16 (needs --check-data)")
     parser.add_argument("--check-data", default=None,
                         help="valid data (file or prepared dir) on which --bf16 must keep bpb within --max-change")
-    parser.add_argument("--max-change", type=float, default=0.002,
-                        help="largest |bpb(bf16) - bpb(fp32)| accepted (default 0.002)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    parser.add_argument("--max-change", type=float_range(0.0, lo_open=True), default=0.002,
+                        help="largest |bpb(bf16) - bpb(fp32)| accepted, a finite number > 0 (default 0.002)")
+    add_threads_argument(parser, zero="torch's default")
 
 
 def _bpb(model: Any, data: Path) -> tuple[float, int]:

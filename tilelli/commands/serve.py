@@ -19,23 +19,11 @@ from tilelli.commands.options import (
     add_abstain_argument,
     add_engine_arguments,
     add_sampling_arguments,
+    int_range,
     non_negative_int,
+    positive_int,
 )
 from tilelli.errors import TilelliError
-
-
-def _port(s: str) -> int:
-    v = int(s)
-    if not 0 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"{v} is not a TCP port (0-65535)")
-    return v
-
-
-def _positive(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be >= 1")
-    return v
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,16 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--checkpoint", default=None, help="checkpoint to serve (default: the shipped tilelli-chat-lite-ternary, "
                                            "or $TILELLI_CHAT_CHECKPOINT)")
     add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    add("--port", type=_port, default=8000, help="TCP port (default 8000; 0 = any free port)")
+    add("--port", type=int_range(0, 65535), default=8000, help="TCP port (default 8000; 0 = any free port)")
     add_sampling_arguments(parser, max_new_tokens=600, temperature=0.7, top_p=0.9)
     add_abstain_argument(parser)
     for action in parser._actions:  # the sampling options are per-request defaults here; say so
         if action.dest == "max_new_tokens":
             action.help = "default and largest max_tokens of a request, in bytes (default 600)"
-    add("--max-batch", type=_positive, default=16, help="requests decoded together in one forward call (default 16)")
+    add("--max-batch", type=positive_int, default=16, help="requests decoded together in one forward call (default 16)")
     add("--max-queue", type=non_negative_int, default=64,
         help="requests that may wait for a free slot; more get HTTP 429 (default 64)")
-    add("--max-body-bytes", type=_positive, default=1 << 20, help="largest request body; larger get HTTP 413 "
+    add("--max-body-bytes", type=positive_int, default=1 << 20, help="largest request body; larger get HTTP 413 "
                                                                    "(default 1 MiB)")
     add("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info",
         help="uvicorn's log level (info logs every request)")

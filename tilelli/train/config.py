@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tilelli.errors import TilelliError
+from tilelli.limits import check_threads, seed_problem
 from tilelli.model.config import ModelConfig, TernaryOptions, field_type_error, from_name
 from tilelli.train.paths import check_writable_dir
 from tilelli.train.runs import list_checkpoints
@@ -94,6 +95,9 @@ class TrainConfig:
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise TilelliError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
+        if seed_problem(self.seed):
+            raise TilelliError(f"--seed: {seed_problem(self.seed)}")
+        check_threads(self.threads)
         for name in ("lr", "grad_clip", "weight_decay"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0) or (name == "lr" and value == 0):
