@@ -56,14 +56,14 @@ def _shade(prob: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from tilelli.infer.generate import SamplingConfig, stream
-    from tilelli.model.checkpoint_files import checkpoint_dir, default_checkpoint, read_config
+    from tilelli.model.checkpoint_files import checkpoint_dir, default_checkpoint, model_config
 
     prompt = _read_prompt(args)
     stops = tuple(s.encode("utf-8").decode("unicode_escape").encode("latin-1") for s in args.stop)
     cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                          top_p=args.top_p, seed=args.seed, stop=stops)
     path = checkpoint_dir(args.checkpoint or default_checkpoint())
-    limit = read_config(path)["model"].get("max_seq_len", 2048)
+    limit = model_config(path).max_seq_len
     if len(prompt) > limit:
         raise TilelliError(f"the prompt is {len(prompt)} bytes but the model's context is {limit}; shorten it")
 
