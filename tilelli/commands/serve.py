@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tilelli.infer import load_decoder
     from tilelli.serve.app import Limits, create_app
+    from tilelli.serve.connection import server_config
 
     server: uvicorn.Server | None = None
     failure: list[str] = []
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(lambda: load_decoder(path, args.engine, args.threads), path.name, defaults,
                      Limits(args.max_body_bytes, args.max_batch, args.max_queue), on_failure=stop,
                      rule=abstain_rule(args.abstain_threshold, path))
-    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5))
+    server = uvicorn.Server(server_config(app, log_level=args.log_level, timeout_graceful_shutdown=5))
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"tilelli serve: {path.name} at http://{shown}:{port}/ (chat page), API http://{shown}:{port}/v1 "

@@ -106,9 +106,9 @@ def choose(logits: np.ndarray, cfgs: Sequence[SamplingConfig], rngs: Sequence[np
     picks = logits.argmax(axis=-1)
     for i, (cfg, rng) in enumerate(zip(cfgs, rngs, strict=True)):
         if cfg.temperature > 0:
-            with np.errstate(over="ignore"):
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
                 scaled = logits[i] / cfg.temperature
-            if scaled.max() == np.inf:  # so small a temperature that the logits overflow: its limit, greedy
+            if not np.isfinite(scaled.max()):  # a temperature so small the logits overflow: its limit, greedy
                 continue
             p = softmax(filter_logits(scaled, cfg.top_k, cfg.top_p))
             cdf = np.cumsum(p)
