@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from tilelli.commands.options import add_threads_argument, float_range
 from tilelli.errors import TilelliError
-from tilelli.train.paths import check_writable_dir
+from tilelli.train.paths import check_writable_dir, created_dirs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,12 +70,34 @@ def _check_args(args: argparse.Namespace) -> None:
             raise TilelliError(f"--check-data {args.check_data}: no such file or prepared data dir")
 
 
+def _write_shipped(model: Any, source: Path, args: argparse.Namespace, extra: dict[str, Any]) -> None:
+    """Everything --out holds, written into a hidden directory beside it and renamed into place
+    when complete: a failure (a full disk included) leaves no --out, empty or half-written, that
+    a retry would then refuse as existing."""
+    from tilelli.model.checkpoint import save
+
+    with created_dirs(args.out.parent):
+        tmp = args.out.parent / f".{args.out.name}.{os.getpid()}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run with our pid: never anyone else's
+        tmp.mkdir()
+        try:
+            save(model, tmp, extra=extra, packed=args.packed, bf16=args.bf16)
+            run_dir = source.parent.parent  # RUN/checkpoints/step-N
+            for name in ("run.json", "metrics.jsonl"):
+                if (run_dir / name).is_file():
+                    shutil.copy2(run_dir / name, tmp / name)
+            os.rename(tmp, args.out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
 
     import torch
 
-    from tilelli.model.checkpoint import load, read_config, save
+    from tilelli.model.checkpoint import load, read_config
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -106,11 +129,7 @@ def run(args: argparse.Namespace) -> int:
         if not math.isfinite(change) or abs(change) >= args.max_change:
             raise TilelliError(f"bf16 changes valid bpb by {change:+.5f} (limit {args.max_change}); "
                                "export without --bf16")
-    save(model, args.out, extra=extra, packed=args.packed, bf16=args.bf16)
-    run_dir = source.parent.parent  # RUN/checkpoints/step-N
-    for name in ("run.json", "metrics.jsonl"):
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, args.out / name)
+    _write_shipped(model, source, args, extra)
     header = json.loads((args.out / "config.json").read_text())
     kind = "packed trits" if args.packed else header["weights_dtype"]
     bits = f", {header['bits_per_weight']:.3f} bits/ternary weight" if args.packed else ""

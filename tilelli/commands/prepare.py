@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--out", type=Path, required=True, metavar="DIR", help="directory for the bins and meta.json")
     add("--valid", nargs="+", action="extend", default=[], metavar="FILE",
         help="files that become valid.bin while the INPUTs become train.bin (put it after the INPUTs)")
-    add("--valid-fraction", type=float_range(0.0, 1.0, lo_open=True), default=0.05,
+    add("--valid-fraction", type=float_range(0.0, 1.0), default=0.05,
         help="without --valid: fraction of whole documents drawn at random into valid.bin (default 0.05)")
     add("--format", choices=FORMATS, default="auto",
         help="input format; auto: .jsonl -> jsonl, a name with TinyStories -> tinystories, else txt")

@@ -43,6 +43,22 @@ def check_overrides(overrides: dict[str, Any]) -> None:
             raise TilelliError(f"--override {key}={_shown(value)}: {problem}")
 
 
+def read_meta(data_dir: str | Path) -> dict[str, Any]:
+    """The data dir's meta.json (what `tilelli prepare` recorded), {} when there is none; a damaged
+    one is a one-line error here, before the run directory is made, not a traceback at step 0."""
+    path = Path(data_dir) / "meta.json"
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        meta = None
+    if not isinstance(meta, dict) or not all(isinstance(meta.get(k, {}), dict) for k in ("train", "valid")):
+        raise TilelliError(f"{path} is not the JSON object `tilelli prepare` writes; re-run `tilelli prepare` "
+                           "(or remove the file)")
+    return meta
+
+
 def _check_bin(path: Path, min_bytes: int = 1, why: str = "") -> None:
     """A prepared .bin exists and is long enough (what tilelli.train.data checks when it opens one)."""
     if not path.is_file():
@@ -131,8 +147,12 @@ class TrainConfig:
             raise TilelliError(f"--seq-len {self.seq_len} exceeds {self.model}'s max_seq_len "
                                f"{model_cfg.max_seq_len}; use a shorter --seq-len")
         data = Path(self.data)
+        if data.is_file():
+            raise TilelliError(f"--data {data} is a file; give the directory `tilelli prepare` wrote "
+                               "(train.bin, valid.bin, meta.json)")
         if not data.is_dir():
             raise TilelliError(f"data dir {data} does not exist; make it with `tilelli prepare`")
+        read_meta(data)
         _check_bin(data / "train.bin", self.seq_len + 1,
                    f"one window needs seq_len + 1 = {self.seq_len + 1}; use a shorter --seq-len or more data")
         if self.eval_every:

@@ -50,7 +50,7 @@ from tilelli.errors import Interrupted, TilelliError
 from tilelli.model import checkpoint
 from tilelli.model.config import TRAINING_FIELDS, ModelConfig, list_configs
 from tilelli.model.models import LM, build_model
-from tilelli.train.config import TrainConfig  # defined torch-free (the CLI checks it first); used from here
+from tilelli.train.config import TrainConfig, read_meta  # defined torch-free (the CLI checks it first)
 from tilelli.train.data import ByteBatches, open_bin
 from tilelli.train.evaluate import evaluate_bpb
 from tilelli.train.optim import build_optimizers, lr_at, set_lr
@@ -181,8 +181,7 @@ def run_info(cfg: TrainConfig, model_cfg: ModelConfig, params: int, device: torc
 
     from tilelli import __version__
 
-    meta_file = Path(cfg.data) / "meta.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    meta = read_meta(cfg.data)
     return {
         "command": sys.argv,
         "python_executable": sys.executable,
@@ -267,8 +266,9 @@ def save_train_checkpoint(run_dir: Path, step: int, model: LM, state: dict[str, 
         shutil.rmtree(tmp, ignore_errors=True)
         previous = list_checkpoints(run_dir)
         kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
-        hint = "free some disk space, then rerun with --resume" if e.errno == errno.ENOSPC else \
-            "fix the problem, then rerun with --resume"
+        fix = "free some disk space" if e.errno == errno.ENOSPC else "fix the problem"
+        # --resume needs a checkpoint to continue from; without one, the same command starts over
+        hint = f"{fix}, then rerun with --resume" if previous else f"{fix}, then run the same command again"
         raise TilelliError(f"could not write checkpoint {final} ({e.strerror or e}); {kept}; {hint}") from None
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
@@ -436,8 +436,7 @@ class Trainer:
 
     def _resume_key(self) -> dict[str, Any]:
         """Settings that must not change across a resume, or it would not continue the same run."""
-        meta = self.data_dir / "meta.json"
-        sha = json.loads(meta.read_text()).get("train", {}).get("sha256") if meta.is_file() else None
+        sha = read_meta(self.data_dir).get("train", {}).get("sha256")
         cfg = self.cfg
         return {"optimizer": cfg.optimizer, "global_batch": cfg.batch_size * self.dist.world_size,
                 "seq_len": cfg.seq_len, "train_sha256": sha}
