@@ -33,6 +33,7 @@ from tilelli.infer.generate import GeneratedByte, SamplingConfig
 from tilelli.model.checkpoint import save
 from tilelli.model.models import build_model
 from tilelli.serve.app import Limits, create_app
+from tilelli.serve.connection import server_config
 from tilelli.serve.protocol import ApiError, chat_turns
 from tilelli.serve.text import Utf8Text
 
@@ -76,7 +77,7 @@ def serving(app, wait: bool = True) -> Iterator[str]:
     """Run `app` with uvicorn on 127.0.0.1 (a free port) in a thread; yield its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    server = uvicorn.Server(server_config(app, log_level="warning", timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"

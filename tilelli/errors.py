@@ -14,3 +14,10 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C, handled: the command stopped cleanly, and the message (possibly empty) says what
     it saved and how to go on. The CLI prints it as one line and exits 130, like any Ctrl-C;
     being a KeyboardInterrupt, it still stops a library caller that does not catch it."""
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """repr(value) cut to about `limit` characters, for error messages: a value read from a damaged
+    file can be megabytes long, and an error is one short line that never echoes a file back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"...({len(text):,} chars)"

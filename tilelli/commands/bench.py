@@ -6,12 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
+from tilelli.commands.options import add_threads_argument, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint or run directory (default: the shipped tilelli-lite-ternary)")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for every path (default: all CPUs)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure, median reported (default 5)")
+    add_threads_argument(parser, zero="all CPUs, for every path")
+    parser.add_argument("--repeats", type=positive_int, default=5,
+                        help="timed runs per figure, median reported (default 5)")
     parser.add_argument("--json", action="store_true", help="print the measurements as JSON")
     parser.epilog = ("Pause other work while it runs: every figure is measured in this one process, so the "
                      "ratios hold on a noisy machine, but the absolute bytes/s do not.")
@@ -20,11 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from tilelli.errors import TilelliError
     from tilelli.model.checkpoint_files import checkpoint_dir, default_checkpoint
 
-    if args.repeats < 1 or args.threads < 0:
-        raise TilelliError("--repeats must be >= 1 and --threads >= 0")
     path = checkpoint_dir(args.checkpoint or default_checkpoint())
     threads = args.threads or len(os.sched_getaffinity(0))
     from tilelli.infer.bench import markdown, run_all

@@ -6,7 +6,12 @@ Ctrl-C stops the current reply (and at the prompt clears the line), Ctrl-D or /q
 oldest turns are dropped, and that is said once.
 
 One-shot: `--prompt TEXT` prints the reply; with `--json`, one object
-{"reply", "abstained", "confidence", "abstain_probability", "stop_reason"}.
+{"reply", "abstained", "confidence", "abstain_probability", "stop_reason"}. Ctrl-C stops the
+reply, prints what was produced (the JSON object with stop_reason "interrupted", with --json),
+says so on stderr and exits 130, with or without --json, like every command's Ctrl-C.
+
+Input text must be valid UTF-8 (tilelli.limits.utf8): a --prompt that is not is an error; an
+interactive line that is not is refused with a note and the conversation goes on, kept whole.
 
 Whether to refuse is decided by the checkpoint's calibrated abstain rule (abstain.json, from
 `tilelli calibrate`; see tilelli.chat.abstain) unless --abstain-threshold says otherwise.
@@ -22,7 +27,8 @@ from dataclasses import replace
 
 from tilelli.chat.defaults import CHAT_SAMPLING
 from tilelli.commands.options import abstain_rule, add_abstain_argument, add_engine_arguments, add_sampling_arguments
-from tilelli.errors import TilelliError
+from tilelli.errors import Interrupted, TilelliError
+from tilelli.limits import utf8
 
 HELP = "commands: /reset forgets the conversation, /quit (or Ctrl-D) leaves, Ctrl-C stops a reply"
 
@@ -57,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         raise TilelliError("--json needs --prompt TEXT (the interactive chat prints text)")
     if args.prompt is not None and not args.prompt.strip():
         raise TilelliError("the --prompt message is empty")
+    prompt = None if args.prompt is None else utf8(args.prompt, "--prompt").decode("utf-8")
     path = checkpoint_dir(args.checkpoint or default_checkpoint(DEFAULT_CHAT_MODEL, "TILELLI_CHAT_CHECKPOINT"))
 
     from tilelli.chat.session import ChatSession
@@ -65,20 +72,21 @@ def run(args: argparse.Namespace) -> int:
                        top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     rule = abstain_rule(args.abstain_threshold, path)
     session = ChatSession(load_decoder(path, args.engine, args.threads), sampling, rule)
-    if args.prompt is not None:
-        return _one_shot(session, args.prompt, args.json)
+    if prompt is not None:
+        return _one_shot(session, prompt, args.json)
     return _interactive(session, path.name)
 
 
 def _one_shot(session, text: str, as_json: bool) -> int:
     if as_json:
-        print(json.dumps(session.reply(text).to_dict()))
-        return 0
-    decoder = _writer()
-    reply = session.reply(text, on_bytes=lambda b: _say(decoder, b))
-    sys.stdout.write(decoder.decode(b"", final=True) + "\n")
-    if reply.stop_reason == "interrupted":
-        return 130
+        reply = session.reply(text)
+        print(json.dumps(reply.to_dict()))
+    else:
+        decoder = _writer()
+        reply = session.reply(text, on_bytes=lambda b: _say(decoder, b))
+        sys.stdout.write(decoder.decode(b"", final=True) + "\n")
+    if reply.stop_reason == "interrupted":  # the CLI prints this and exits 130, as for any Ctrl-C
+        raise Interrupted("interrupted; the reply so far is printed")
     return 0
 
 
@@ -88,10 +96,15 @@ def _interactive(session, name: str) -> int:
     except ImportError:  # not on every platform; input() still works
         pass
     print(f"tilelli chat with {name}; {HELP}", file=sys.stderr)
+    if hasattr(sys.stdin, "reconfigure"):  # a line that is not UTF-8 reaches the check below, not a crash
+        sys.stdin.reconfigure(errors="surrogateescape")
     told_dropped = False
     while True:
         try:
-            text = input("you> ")
+            text = utf8(input("you> "), "that line").decode("utf-8")
+        except TilelliError as e:
+            print(f"(error: {e}; the conversation is kept)", file=sys.stderr)
+            continue
         except KeyboardInterrupt:
             print(file=sys.stderr)
             continue

@@ -13,14 +13,13 @@ import math
 import sys
 from pathlib import Path
 
+from tilelli.commands.options import add_threads_argument, int_range, positive_int, seed
 from tilelli.errors import TilelliError
 
-
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be >= 1")
-    return v
+# A 95 % percentile interval reads its 2.5 % tails off the sorted resamples: with fewer than
+# this many there is not even a handful of resamples in each tail (with 1 the "interval" was
+# that one resample, which need not contain the estimate).
+MIN_BOOTSTRAP = 100
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,14 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or $TILELLI_CHECKPOINT)")
     parser.add_argument("--data", required=True,
                         help="a file of raw bytes (any text file, or a .bin), or a prepared data dir (its valid.bin)")
-    parser.add_argument("--seq-len", type=_positive_int, default=256,
+    parser.add_argument("--seq-len", type=positive_int, default=256,
                         help="window length; each window starts without context (default 256)")
-    parser.add_argument("--batch-size", type=_positive_int, default=16, help="windows per forward pass (default 16)")
-    parser.add_argument("--max-bytes", type=_positive_int, default=None,
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="windows per forward pass (default 16)")
+    parser.add_argument("--max-bytes", type=positive_int, default=None,
                         help="evaluate only the first N bytes (exactly N predictions)")
-    parser.add_argument("--bootstrap", type=_positive_int, default=1000, help="bootstrap resamples (default 1000)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    parser.add_argument("--bootstrap", type=int_range(MIN_BOOTSTRAP), default=1000,
+                        help=f"bootstrap resamples, at least {MIN_BOOTSTRAP} (default 1000)")
+    parser.add_argument("--seed", type=seed, default=0, help="bootstrap seed (default 0)")
+    add_threads_argument(parser, zero="torch's default")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (there is none either when stderr is not a terminal)")
     parser.add_argument("--json", action="store_true",

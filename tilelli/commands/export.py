@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from tilelli.commands.options import add_threads_argument, float_range
 from tilelli.errors import TilelliError
-from tilelli.train.paths import check_writable_dir
+from tilelli.train.paths import check_writable_dir, created_dirs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,9 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     form.add_argument("--bf16", action="store_true", help="store weights in bfloat16 (needs --check-data)")
     parser.add_argument("--check-data", default=None,
                         help="valid data (file or prepared dir) on which --bf16 must keep bpb within --max-change")
-    parser.add_argument("--max-change", type=float, default=0.002,
-                        help="largest |bpb(bf16) - bpb(fp32)| accepted (default 0.002)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    parser.add_argument("--max-change", type=float_range(0.0, lo_open=True), default=0.002,
+                        help="largest |bpb(bf16) - bpb(fp32)| accepted, a finite number > 0 (default 0.002)")
+    add_threads_argument(parser, zero="torch's default")
 
 
 def _bpb(model: Any, data: Path) -> tuple[float, int]:
@@ -69,12 +71,34 @@ def _check_args(args: argparse.Namespace) -> None:
             raise TilelliError(f"--check-data {args.check_data}: no such file or prepared data dir")
 
 
+def _write_shipped(model: Any, source: Path, args: argparse.Namespace, extra: dict[str, Any]) -> None:
+    """Everything --out holds, written into a hidden directory beside it and renamed into place
+    when complete: a failure (a full disk included) leaves no --out, empty or half-written, that
+    a retry would then refuse as existing."""
+    from tilelli.model.checkpoint import save
+
+    with created_dirs(args.out.parent):
+        tmp = args.out.parent / f".{args.out.name}.{os.getpid()}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run with our pid: never anyone else's
+        tmp.mkdir()
+        try:
+            save(model, tmp, extra=extra, packed=args.packed, bf16=args.bf16)
+            run_dir = source.parent.parent  # RUN/checkpoints/step-N
+            for name in ("run.json", "metrics.jsonl"):
+                if (run_dir / name).is_file():
+                    shutil.copy2(run_dir / name, tmp / name)
+            os.rename(tmp, args.out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
 
     import torch
 
-    from tilelli.model.checkpoint import load, read_config, save
+    from tilelli.model.checkpoint import load, read_config
     from tilelli.model.checkpoint_files import TEMPLATE_KEY
 
     if args.threads:
@@ -107,11 +131,7 @@ def run(args: argparse.Namespace) -> int:
         if not math.isfinite(change) or abs(change) >= args.max_change:
             raise TilelliError(f"bf16 changes valid bpb by {change:+.5f} (limit {args.max_change}); "
                                "export without --bf16")
-    save(model, args.out, extra=extra, packed=args.packed, bf16=args.bf16)
-    run_dir = source.parent.parent  # RUN/checkpoints/step-N
-    for name in ("run.json", "metrics.jsonl"):
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, args.out / name)
+    _write_shipped(model, source, args, extra)
     header = json.loads((args.out / "config.json").read_text())
     kind = "packed trits" if args.packed else header["weights_dtype"]
     bits = f", {header['bits_per_weight']:.3f} bits/ternary weight" if args.packed else ""

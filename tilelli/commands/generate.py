@@ -13,13 +13,15 @@ import sys
 
 from tilelli.commands.options import add_engine_arguments, add_sampling_arguments
 from tilelli.errors import Interrupted, TilelliError
+from tilelli.limits import utf8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint or training run directory (default: the shipped tilelli-lite-ternary, "
                              "or $TILELLI_CHECKPOINT)")
-    parser.add_argument("--prompt", help="prompt text; without it the prompt is read from stdin (UTF-8)")
+    parser.add_argument("--prompt", help="prompt text; without it the prompt is read from stdin (either must be "
+                                         "valid UTF-8: a byte that is not is an error, never replaced)")
     add_sampling_arguments(parser, max_new_tokens=256, temperature=0.8, top_p=0.95)
     parser.add_argument("--stop", action="append", default=[],
                         help=r"stop when this text is produced (repeatable; escapes like \n work); it is not printed")
@@ -36,17 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _read_prompt(args: argparse.Namespace) -> bytes:
+    """The prompt bytes, from --prompt or stdin under the same rule (tilelli.limits.utf8)."""
     if args.prompt is not None:
-        prompt = args.prompt.encode("utf-8", errors="surrogateescape")
+        prompt = utf8(args.prompt, "--prompt")
     elif sys.stdin is None or sys.stdin.isatty():
         raise TilelliError("no prompt: pass --prompt TEXT or pipe text on stdin")
     else:
-        prompt = sys.stdin.buffer.read()
-        try:
-            prompt.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise TilelliError(f"stdin is not valid UTF-8 (byte {e.start}); "
-                               "convert it first, e.g. with iconv") from None
+        prompt = utf8(sys.stdin.buffer.read(), "stdin")
     if not prompt:
         raise TilelliError("the prompt is empty; give at least one byte")
     return prompt
@@ -59,14 +57,14 @@ def _shade(prob: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from tilelli.infer.generate import SamplingConfig, stream
-    from tilelli.model.checkpoint_files import checkpoint_dir, default_checkpoint, read_config
+    from tilelli.model.checkpoint_files import checkpoint_dir, default_checkpoint, model_config
 
     prompt = _read_prompt(args)
     stops = tuple(s.encode("utf-8").decode("unicode_escape").encode("latin-1") for s in args.stop)
     cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                          top_p=args.top_p, seed=args.seed, stop=stops, valid_utf8=args.valid_utf8)
     path = checkpoint_dir(args.checkpoint or default_checkpoint())
-    limit = read_config(path)["model"].get("max_seq_len", 2048)
+    limit = model_config(path).max_seq_len
     if len(prompt) > limit:
         raise TilelliError(f"the prompt is {len(prompt)} bytes but the model's context is {limit}; shorten it")
 

@@ -1,31 +1,84 @@
-"""Options that `tilelli generate` and `tilelli chat` (and `serve`) share: sampling, engine,
-threads, and the chat's abstain rule."""
+"""Command-line option types and the options that several commands share.
+
+Every numeric option has a stated range, checked by argparse while it parses, so a bad value
+is one line and exit code 2 before anything heavy (torch, a checkpoint) loads:
+
+- counts (`--max-new-tokens`, `--top-k`, `--bootstrap`, ...): integers in their range;
+- real numbers (`--temperature`, `--top-p`, `--max-change`, ...): finite (nan and inf are
+  refused: they pass every `<` test the wrong way) and in their range;
+- `--threads`: 0 = choose automatically, else 1 .. the machine's CPU count; more is clamped to
+  the CPU count with a one-line note (a script written for a larger machine still runs, and an
+  OpenMP pool of 100,000 threads is a crash, not a speed-up);
+- `--seed`: 0 .. 2**32 - 1 (`tilelli.limits`, shared with the server and the library). There is
+  no "-1 = random" convention: leaving `--seed` out of a sampling command gives a fresh random
+  seed, and the commands that must be redoable (train, eval, prepare) have a fixed default.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 from typing import Any
 
+from tilelli.limits import SEED_MAX, cpu_count
 
-def non_negative_int(s: str) -> int:
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} must be >= 0")
+
+def _number(s: str, kind: type) -> Any:
+    try:
+        return kind(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not {'an integer' if kind is int else 'a number'}") from None
+
+
+def int_range(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi] (no upper bound when hi is None)."""
+
+    def parse(s: str) -> int:
+        v = _number(s, int)
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"{v} must be >= {lo}" if hi is None else f"{v} must be in {lo}..{hi}")
+        return v
+
+    return parse
+
+
+def float_range(lo: float, hi: float = math.inf, lo_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in [lo, hi] ((lo, hi] with `lo_open`)."""
+
+    def parse(s: str) -> float:
+        v = _number(s, float)
+        if not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo):
+            span = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]" if math.isfinite(hi) else \
+                f"{'>' if lo_open else '>='} {lo:g}"
+            raise argparse.ArgumentTypeError(f"{s} must be a finite number {'in ' if math.isfinite(hi) else ''}{span}")
+        return v
+
+    return parse
+
+
+non_negative_int = int_range(0)
+positive_int = int_range(1)
+probability = float_range(0.0, 1.0, lo_open=True)
+seed = int_range(0, SEED_MAX)
+
+
+def threads(s: str) -> int:
+    """An argparse type for --threads: 0 (automatic) or 1 .. the CPU count; more is clamped, with a note."""
+    v = int_range(0)(s)
+    cpus = cpu_count()
+    if v > cpus:
+        from tilelli.kernels.build import note
+
+        note(f"--threads {v} is more than the {cpus} CPUs of this machine; using {cpus}")
+        return cpus
     return v
 
 
-def non_negative_float(s: str) -> float:
-    v = float(s)
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"{v} must be >= 0")
-    return v
-
-
-def probability(s: str) -> float:
-    v = float(s)
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"{v} must be in (0, 1]")
-    return v
+def add_threads_argument(parser: argparse.ArgumentParser, default: int = 0, zero: str = "all available") -> None:
+    """--threads, the same range for every command; `zero` says what 0 means to this one."""
+    parser.add_argument("--threads", type=threads, default=default,
+                        help=f"CPU threads: 0 = {zero}, else 1 .. the CPU count (more are clamped; default {default})")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int, temperature: float,
@@ -34,17 +87,19 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int,
     add = parser.add_argument
     add("--max-new-tokens", type=non_negative_int, default=max_new_tokens,
         help=f"bytes to generate at most (default {max_new_tokens})")
-    add("--temperature", type=non_negative_float, default=temperature, help=f"0 = greedy (default {temperature})")
+    add("--temperature", type=float_range(0.0), default=temperature,
+        help=f"finite, >= 0; 0 = greedy (default {temperature})")
     add("--top-k", type=non_negative_int, default=0, help="sample among the k likeliest bytes (0 = off)")
     add("--top-p", type=probability, default=top_p, help=f"nucleus sampling mass in (0, 1] (default {top_p})")
-    add("--seed", type=int, default=None, help="random seed for reproducible sampling")
+    add("--seed", type=seed, default=None,
+        help=f"random seed 0..{SEED_MAX} for reproducible sampling (leave it out for a random one)")
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=("auto", "native", "torch"), default="auto",
                         help="auto: the native engine when it can run the model, else PyTorch (default); "
                              "torch: the PyTorch reference path")
-    parser.add_argument("--threads", type=non_negative_int, default=0, help="CPU threads (0 = all available)")
+    add_threads_argument(parser)
 
 
 def abstain_threshold(s: str) -> float | str:

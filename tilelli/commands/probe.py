@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tilelli.commands.options import non_negative_int
+from tilelli.commands.options import add_threads_argument, non_negative_int
 from tilelli.errors import TilelliError
 
 MIN_LIMIT = 5  # the detector's cross-validation deals each class over 5 folds
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--build-sets", action="store_true", help="only build the sets into OUT/probe-sets and stop")
     add("--limit", type=non_negative_int, default=0,
         help=f"only the first N prompts of each regime of both sets (N >= {MIN_LIMIT}): a quick look, not a result")
-    add("--threads", type=non_negative_int, default=1, help="CPU threads for torch and the engine (default 1)")
+    add_threads_argument(parser, default=1, zero="torch's default, for torch and the engine")
     add("--json", action="store_true", help="print the whole result as one JSON object")
 
 

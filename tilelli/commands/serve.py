@@ -20,23 +20,11 @@ from tilelli.commands.options import (
     add_abstain_argument,
     add_engine_arguments,
     add_sampling_arguments,
+    int_range,
     non_negative_int,
+    positive_int,
 )
 from tilelli.errors import TilelliError
-
-
-def _port(s: str) -> int:
-    v = int(s)
-    if not 0 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"{v} is not a TCP port (0-65535)")
-    return v
-
-
-def _positive(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be >= 1")
-    return v
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,17 +32,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--checkpoint", default=None, help="checkpoint to serve (default: the shipped tilelli-chat-lite-ternary, "
                                            "or $TILELLI_CHAT_CHECKPOINT)")
     add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    add("--port", type=_port, default=8000, help="TCP port (default 8000; 0 = any free port)")
+    add("--port", type=int_range(0, 65535), default=8000, help="TCP port (default 8000; 0 = any free port)")
     add_sampling_arguments(parser, max_new_tokens=CHAT_SAMPLING.max_new_tokens, temperature=CHAT_SAMPLING.temperature,
                            top_p=CHAT_SAMPLING.top_p)
     add_abstain_argument(parser)
     for action in parser._actions:  # the sampling options are per-request defaults here; say so
         if action.dest == "max_new_tokens":
             action.help = "default and largest max_tokens of a request, in bytes (default 600)"
-    add("--max-batch", type=_positive, default=16, help="requests decoded together in one forward call (default 16)")
+    add("--max-batch", type=positive_int, default=16, help="requests decoded together in one forward call (default 16)")
     add("--max-queue", type=non_negative_int, default=64,
         help="requests that may wait for a free slot; more get HTTP 429 (default 64)")
-    add("--max-body-bytes", type=_positive, default=1 << 20, help="largest request body; larger get HTTP 413 "
+    add("--max-body-bytes", type=positive_int, default=1 << 20, help="largest request body; larger get HTTP 413 "
                                                                    "(default 1 MiB)")
     add("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info",
         help="uvicorn's log level (info logs every request)")
@@ -95,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tilelli.infer import load_decoder
     from tilelli.serve.app import Limits, create_app
+    from tilelli.serve.connection import server_config
 
     server: uvicorn.Server | None = None
     failure: list[str] = []
@@ -107,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(lambda: load_decoder(path, args.engine, args.threads), path.name, defaults,
                      Limits(args.max_body_bytes, args.max_batch, args.max_queue), on_failure=stop,
                      rule=abstain_rule(args.abstain_threshold, path))
-    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5))
+    server = uvicorn.Server(server_config(app, log_level=args.log_level, timeout_graceful_shutdown=5))
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"tilelli serve: {path.name} at http://{shown}:{port}/ (chat page), API http://{shown}:{port}/v1 "

@@ -12,6 +12,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from tilelli.commands.options import add_threads_argument, seed
 from tilelli.errors import TilelliError
 from tilelli.model.config import list_configs
 from tilelli.train.config import OPTIMIZERS, TrainConfig, check_overrides
@@ -27,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--model", default=_D.model, help=f"named config: {', '.join(list_configs())} (default {_D.model})")
     add("--override", action="append", default=[], metavar="FIELD=VALUE",
         help="change a field of the model config, e.g. --override d_model=64 (repeatable; JSON values)")
-    add("--data", default="", metavar="DIR", help="data dir from `tilelli prepare` (train.bin, valid.bin)")
+    add("--data", default="", metavar="DIR",
+        help="the directory `tilelli prepare` wrote (train.bin, valid.bin, meta.json)")
     add("--out", default="", metavar="RUN_DIR", help="run directory: run.json, metrics.jsonl, checkpoints/")
     add("--steps", type=int, default=_D.steps, help=f"optimizer updates in all (default {_D.steps})")
     add("--batch-size", type=int, default=_D.batch_size,
@@ -42,11 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"decoupled weight decay of 2-D weights (default {_D.weight_decay})")
     add("--optimizer", choices=OPTIMIZERS, default=_D.optimizer,
         help="adamw, or muon for the blocks' 2-D weights with AdamW for the rest (default adamw)")
-    add("--seed", type=int, default=_D.seed, help=f"model init and data order (default {_D.seed})")
+    add("--seed", type=seed, default=_D.seed, help=f"model init and data order (default {_D.seed})")
     add("--device", choices=("auto", "cpu", "cuda"), default=_D.device, help="default auto: cuda if present")
     add("--dtype", choices=("fp32", "bf16"), default=_D.dtype, help="bf16 = bf16 autocast (default fp32)")
     add("--compile", action="store_true", help="torch.compile the model (CUDA only; ignored on CPU)")
-    add("--threads", type=int, default=_D.threads, help="CPU threads per process; 0 = torch's default")
+    add_threads_argument(parser, default=_D.threads, zero="torch's default, per process")
     add("--eval-every", type=int, default=_D.eval_every,
         help=f"validate every N steps and at the end; 0 = never (default {_D.eval_every})")
     add("--eval-batches", type=int, default=_D.eval_batches,

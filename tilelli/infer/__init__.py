@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from tilelli.errors import TilelliError
+from tilelli.limits import check_threads
 
 
 def load_decoder(path: str | os.PathLike, engine: str = "auto", threads: int = 0) -> Any:
@@ -21,13 +22,13 @@ def load_decoder(path: str | os.PathLike, engine: str = "auto", threads: int = 0
     """
     if engine not in ("auto", "native", "torch"):
         raise TilelliError(f"engine {engine!r}; expected auto, native or torch")
+    check_threads(threads)
     if engine != "torch":
         from tilelli.infer.engine import NativeModel, library, unsupported
         from tilelli.kernels.build import enabled, note
-        from tilelli.model.checkpoint_files import read_config
-        from tilelli.model.config import ModelConfig
+        from tilelli.model.checkpoint_files import model_config
 
-        why = unsupported(ModelConfig.from_dict(read_config(path)["model"]))
+        why = unsupported(model_config(path))
         if why is None and not enabled():
             why = "native kernels are turned off (TILELLI_NO_KERNEL)"
         if why is None and library.load() is None:

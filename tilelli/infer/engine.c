@@ -595,6 +595,34 @@ static int64_t per_thread_floats(const tl_model *m) {
     return PANEL * widest + (key_stride(m->max_seq) > d ? key_stride(m->max_seq) : d) + 3 * d;
 }
 
+/* A weight's shape is what the model needs: rows x cols, a known kind, data and scales present. */
+static int weight_ok(const tl_weight *w, int64_t rows, int64_t cols) {
+    return w->rows == rows && w->cols == cols && w->data && (w->kind == W_F32 || w->kind == W_BF16 ||
+                                                             (w->kind == W_T2 && w->scale));
+}
+
+/* 0 when every dimension of `m` is consistent with every weight it points to, else the number of
+ * the first check that fails. The Python side checks each tensor against the config before it
+ * fills these structs (tilelli/infer/weights.py); this is the engine refusing to trust even that. */
+int tl_check_model(const tl_model *m) {
+    const int64_t d = m->d;
+    if (d < 1 || m->n_layers < 1 || m->vocab < 1 || m->max_seq < 1 || m->n_heads < 1 || m->d_head < 1) return 1;
+    if (m->n_heads * m->d_head != d || m->top_k < 0 || m->top_k > MAX_TOP_K || m->hidden < 1) return 2;
+    if (m->arch != ARCH_LITE && m->arch != ARCH_VANILLA) return 3;
+    if (m->arch == ARCH_LITE && m->kernel < 1) return 4;
+    if (!weight_ok(&m->tok, m->vocab, d) || !weight_ok(&m->head, m->vocab, d)) return 5;
+    if (!m->pos || !m->normf_w || !m->normf_b || !m->layers) return 6;
+    for (int64_t l = 0; l < m->n_layers; ++l) {
+        const tl_layer *ly = &m->layers[l];
+        if (!weight_ok(&ly->qkv, 3 * d, d) || !weight_ok(&ly->proj, d, d)) return 7;
+        if (!weight_ok(&ly->up, m->hidden, d) || !weight_ok(&ly->down, d, m->hidden)) return 8;
+        if (!ly->norm1_w || !ly->norm1_b) return 9;
+        if (m->arch == ARCH_LITE && (!ly->router_w || !ly->router_b || !ly->conv_w)) return 10;
+        if (m->arch == ARCH_VANILLA && (!ly->norm2_w || !ly->norm2_b)) return 11;
+    }
+    return 0;
+}
+
 /* Floats of workspace a call with n tokens (over all sequences) needs, for `threads` threads. */
 int64_t tl_workspace_floats(const tl_model *m, int64_t n, int64_t threads) {
     const int64_t d = m->d, widest = m->hidden > m->vocab ? m->hidden : m->vocab;
@@ -604,16 +632,33 @@ int64_t tl_workspace_floats(const tl_model *m, int64_t n, int64_t threads) {
 /* Run `counts[i]` new bytes of every sequence seqs[i] (tokens concatenated in `tokens`) through
  * the model, advance each sequence's position, and write logits: with `all_logits` one row
  * per token (vocab floats each, in order), else one row per sequence (its last new byte).
- * The caller checks every position fits (pos + count <= max_len), that n_heads * d_head = d,
- * and sizes `work` with tl_workspace_floats. */
-void tl_forward(const tl_model *m, int64_t n_seq, tl_seq *const *seqs, const int32_t *tokens,
-                const int64_t *counts, float *logits, int all_logits, float *work, int threads) {
+ * The caller checks the model once with tl_check_model and sizes `work` with
+ * tl_workspace_floats. Returns 0, or without touching anything: 1 when memory runs out,
+ * 2 for a token outside the vocabulary, 3 for a sequence that would pass its cache's length
+ * (or a cache longer than the position table). */
+int tl_forward(const tl_model *m, int64_t n_seq, tl_seq *const *seqs, const int32_t *tokens,
+               const int64_t *counts, float *logits, int all_logits, float *work, int threads) {
     const int64_t d = m->d, H = m->n_heads, dh = m->d_head, K = m->kernel, L = m->n_layers;
     const int64_t widest = m->hidden > m->vocab ? m->hidden : m->vocab;
     int64_t n = 0;
-    for (int64_t i = 0; i < n_seq; ++i) n += counts[i];
+    for (int64_t i = 0; i < n_seq; ++i) {
+        const tl_seq *sq = seqs[i];
+        if (counts[i] < 1 || sq->pos < 0 || sq->max_len > m->max_seq || counts[i] > sq->max_len - sq->pos) return 3;
+        n += counts[i];
+    }
+    for (int64_t t = 0; t < n; ++t)
+        if (tokens[t] < 0 || tokens[t] >= m->vocab) return 2;
     int64_t *seq_of = malloc((size_t)n * sizeof(int64_t)), *pos_of = malloc((size_t)n * sizeof(int64_t));
     int64_t *first_of = malloc((size_t)n * sizeof(int64_t)), *out_rows = malloc((size_t)n * sizeof(int64_t));
+    float *gate = malloc((size_t)n * sizeof(float));  /* lite: each token's dense-pathway weight */
+    if (!seq_of || !pos_of || !first_of || !out_rows || !gate) {
+        free(seq_of);
+        free(pos_of);
+        free(first_of);
+        free(out_rows);
+        free(gate);
+        return 1;
+    }
     int64_t n_out = 0;
     for (int64_t i = 0, t = 0; i < n_seq; ++i)
         for (int64_t j = 0; j < counts[i]; ++j, ++t) {
@@ -625,7 +670,6 @@ void tl_forward(const tl_model *m, int64_t n_seq, tl_seq *const *seqs, const int
     float *x = work, *h = x + n * d, *att = h + n * d, *y1 = att + n * d;
     float *qkv = y1 + n * d, *wide = qkv + n * 3 * d, *scratch = wide + n * widest;
     const int64_t per_thread = per_thread_floats(m);
-    float *gate = malloc((size_t)n * sizeof(float));  /* lite: each token's dense-pathway weight */
 
 #pragma omp parallel num_threads(threads)
     {
@@ -737,4 +781,5 @@ void tl_forward(const tl_model *m, int64_t n_seq, tl_seq *const *seqs, const int
     free(pos_of);
     free(first_of);
     free(out_rows);
+    return 0;
 }

@@ -24,11 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from tilelli.errors import TilelliError
-from tilelli.infer.weights import KIND_T2, CheckpointTensors, EngineWeight, read_safetensors
+from tilelli.infer.weights import KIND_T2, CheckpointTensors, EngineWeight
 from tilelli.kernels.build import MAX_TOP_K, NativeLibrary
-from tilelli.model.checkpoint_files import WEIGHTS_FILE, checkpoint_dir, read_config
+from tilelli.limits import check_threads
+from tilelli.model.checkpoint_files import WEIGHTS_FILE, checkpoint_dir, model_config, read_config, read_weights
 from tilelli.model.config import ModelConfig
 
+_FAILURES = {1: "out of memory", 2: "a byte outside the vocabulary", 3: "a sequence past its context"}  # tl_forward
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 
 
@@ -58,7 +60,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.tl_workspace_floats.restype = _i64
     lib.tl_forward.argtypes = [ctypes.POINTER(_Model), _i64, ctypes.POINTER(ctypes.POINTER(_Seq)), _ptr, _ptr, _ptr,
                                ctypes.c_int, _ptr, ctypes.c_int]
-    lib.tl_forward.restype = None
+    lib.tl_forward.restype = ctypes.c_int
+    lib.tl_check_model.argtypes = [ctypes.POINTER(_Model)]
+    lib.tl_check_model.restype = ctypes.c_int
     lib.tl_key_stride.argtypes = [_i64]
     lib.tl_key_stride.restype = _i64
 
@@ -132,20 +136,22 @@ class NativeModel:
             raise TilelliError(f"the native engine cannot run this model: {why}")
         self.config = config
         self.max_seq_len = config.max_seq_len
-        self.threads = threads or auto_threads()
+        self.threads = check_threads(threads) or auto_threads()
         self._lib = (lib or library).get()
         self._keep: list[np.ndarray] = []  # every array the C structs point into
         q = config.ternary.quantize
         qkv_q = q and not config.ternary.fp_attention
+        d, hidden, vocab = config.d_model, config.expand * config.d_model, config.vocab_size
         layers = (_Layer * config.n_layers)()
         self.weights: list[EngineWeight] = []
+        # every tensor is fetched at the shape the C structs below declare (weights.py checks it)
         for i, ly in enumerate(layers):
             p = f"blocks.{i}."
             if config.arch == "lite":
                 norms = ["norm", None]
-                ly.router_w = self._vec(weights, p + "router.weight")
-                ly.router_b = self._vec(weights, p + "router.bias")
-                conv = weights.matrix(p + "paths.local.0", q).dense()  # (d, kernel): tiny, kept as floats
+                ly.router_w = self._vec(weights, p + "router.weight", (3, d))
+                ly.router_b = self._vec(weights, p + "router.bias", (3,))
+                conv = weights.matrix(p + "paths.local.0", q, d, config.local_kernel).dense()  # tiny: floats
                 ly.conv_w = self._hold(np.ascontiguousarray(conv, dtype=np.float32))
                 attn, mlp = p + "paths.sparse.0.", p + "paths.dense.0."
             else:
@@ -153,19 +159,25 @@ class NativeModel:
                 attn, mlp = p + "attn.", p + "mlp."
             for j, norm in enumerate(norms):
                 if norm:
-                    setattr(ly, f"norm{j + 1}_w", self._vec(weights, p + norm + ".weight"))
-                    setattr(ly, f"norm{j + 1}_b", self._vec(weights, p + norm + ".bias"))
-            ly.qkv = self._weight(weights.matrix(attn + "qkv", qkv_q))
-            ly.proj = self._weight(weights.matrix(attn + "proj", q))
-            ly.up = self._weight(weights.matrix(mlp + "up", q))
-            ly.down = self._weight(weights.matrix(mlp + "down", q))
+                    setattr(ly, f"norm{j + 1}_w", self._vec(weights, p + norm + ".weight", (d,)))
+                    setattr(ly, f"norm{j + 1}_b", self._vec(weights, p + norm + ".bias", (d,)))
+            ly.qkv = self._weight(weights.matrix(attn + "qkv", qkv_q, 3 * d, d))
+            ly.proj = self._weight(weights.matrix(attn + "proj", q, d, d))
+            ly.up = self._weight(weights.matrix(mlp + "up", q, hidden, d))
+            ly.down = self._weight(weights.matrix(mlp + "down", q, d, hidden))
         self._layers = layers
-        self._model = _Model(0 if config.arch == "lite" else 1, config.d_model, config.n_layers, config.vocab_size,
+        self._model = _Model(0 if config.arch == "lite" else 1, d, config.n_layers, vocab,
                              config.max_seq_len, config.n_heads, config.head_dim, config.top_k, config.local_kernel,
-                             config.expand * config.d_model,
-                             self._weight(weights.matrix("tok_emb", q)), self._weight(weights.matrix("head", q)),
-                             self._vec(weights, "pos_emb"), self._vec(weights, "norm_f.weight"),
-                             self._vec(weights, "norm_f.bias"), layers)
+                             hidden,
+                             self._weight(weights.matrix("tok_emb", q, vocab, d)),
+                             self._weight(weights.matrix("head", q, vocab, d)),
+                             self._vec(weights, "pos_emb", (config.max_seq_len, d)),
+                             self._vec(weights, "norm_f.weight", (d,)), self._vec(weights, "norm_f.bias", (d,)),
+                             layers)
+        failed = self._lib.tl_check_model(ctypes.byref(self._model))
+        if failed:  # the Python checks above should make this unreachable; the C code checks anyway
+            raise TilelliError(f"the native engine refused this model's shapes (check {failed}); re-save the "
+                               "checkpoint")
         self._work = np.zeros(0, dtype=np.float32)
 
     @classmethod
@@ -173,12 +185,8 @@ class NativeModel:
         """The checkpoint (or run directory) at `path`, read without torch; `lib`: another build
         of engine.c (tests build it for smaller instruction sets)."""
         ckpt = checkpoint_dir(path)
-        meta = read_config(ckpt)
-        try:
-            config = ModelConfig.from_dict(meta["model"])
-        except TypeError as e:
-            raise TilelliError(f"{ckpt}: bad model config ({e}); re-save the checkpoint") from None
-        tensors, metadata = read_safetensors(ckpt / WEIGHTS_FILE)
+        meta, config = read_config(ckpt), model_config(ckpt)
+        tensors, metadata = read_weights(ckpt / WEIGHTS_FILE)
         t = config.ternary
         return cls(config, CheckpointTensors(tensors, metadata, meta["packed"], t.quantize, t.per_row, t.lsq), threads,
                    lib)
@@ -186,16 +194,16 @@ class NativeModel:
     # -- building the C structs -----------------------------------------------------------
 
     def _hold(self, a: np.ndarray) -> int:
+        a = np.require(a, requirements="CA")  # C-contiguous and aligned: a file's bytes may be neither
         self._keep.append(a)
         return _addr(a)
 
-    def _vec(self, weights: CheckpointTensors, name: str) -> int:
-        return self._hold(weights.vector(name))
+    def _vec(self, weights: CheckpointTensors, name: str, shape: tuple[int, ...]) -> int:
+        return self._hold(weights.vector(name, shape))
 
     def _weight(self, w: EngineWeight) -> _Weight:
         self.weights.append(w)
-        return _Weight(w.kind, w.rows, w.cols, self._hold(np.ascontiguousarray(w.data)), self._hold(w.scale),
-                       int(w.per_row))
+        return _Weight(w.kind, w.rows, w.cols, self._hold(w.data), self._hold(w.scale), int(w.per_row))
 
     # -- running ------------------------------------------------------------------------
 
@@ -240,6 +248,8 @@ class NativeModel:
             self._work = np.zeros(need, dtype=np.float32)
         logits = np.empty((n if all_logits else len(seqs), self.config.vocab_size), dtype=np.float32)
         ptrs = (ctypes.POINTER(_Seq) * len(seqs))(*[ctypes.pointer(s.c) for s in seqs])
-        self._lib.tl_forward(ctypes.byref(self._model), len(seqs), ptrs, _addr(tokens), _addr(counts), _addr(logits),
-                             int(all_logits), _addr(self._work), self.threads)
+        failed = self._lib.tl_forward(ctypes.byref(self._model), len(seqs), ptrs, _addr(tokens), _addr(counts),
+                                      _addr(logits), int(all_logits), _addr(self._work), self.threads)
+        if failed:  # out of memory, or inputs the checks above let through (a bug): never half-written logits
+            raise TilelliError(f"the native engine could not run this step ({_FAILURES.get(failed, failed)})")
         return logits

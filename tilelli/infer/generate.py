@@ -23,6 +23,7 @@ seeded runs are reproducible.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -31,6 +32,7 @@ import numpy as np
 
 from tilelli.errors import TilelliError
 from tilelli.infer.constraints import quote_banned, utf8_banned
+from tilelli.limits import seed_problem
 
 
 class Decoder(Protocol):
@@ -60,12 +62,14 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
             raise TilelliError(f"max_new_tokens={self.max_new_tokens} must be >= 0")
-        if not self.temperature >= 0:
-            raise TilelliError(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
+        if not 0 <= self.temperature < math.inf:
+            raise TilelliError(f"temperature={self.temperature} must be a finite number >= 0 (0 = greedy)")
         if self.top_k < 0:
             raise TilelliError(f"top_k={self.top_k} must be >= 0 (0 = off)")
         if not 0 < self.top_p <= 1:
             raise TilelliError(f"top_p={self.top_p} must be in (0, 1] (1 = off)")
+        if self.seed is not None and seed_problem(self.seed):
+            raise TilelliError(f"seed: {seed_problem(self.seed)}")
         if any(len(s) == 0 for s in self.stop):
             raise TilelliError("a stop sequence is empty")
         if any(len(t) == 0 for t in self.avoid):
@@ -117,7 +121,11 @@ def choose(logits: np.ndarray, cfgs: Sequence[SamplingConfig], rngs: Sequence[np
     picks = logits.argmax(axis=-1)
     for i, (cfg, rng) in enumerate(zip(cfgs, rngs, strict=True)):
         if cfg.temperature > 0:
-            p = softmax(filter_logits(logits[i] / cfg.temperature, cfg.top_k, cfg.top_p))
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                scaled = logits[i] / cfg.temperature
+            if not np.isfinite(scaled.max()):  # a temperature so small the logits overflow: its limit, greedy
+                continue
+            p = softmax(filter_logits(scaled, cfg.top_k, cfg.top_p))
             cdf = np.cumsum(p)
             picks[i] = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), p.size - 1)
     return picks

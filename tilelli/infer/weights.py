@@ -1,9 +1,10 @@
 """A checkpoint's tensors as the native engine holds them, read without torch.
 
-Why not `safetensors.numpy`: numpy has no bfloat16, and our FP32 checkpoints ship in bf16. The
-safetensors format is 8 bytes of header length, a JSON header and raw little-endian bytes, so
-reading it with `np.frombuffer` over a memory map is a few lines and keeps bf16 as the raw
-uint16 the engine widens in registers.
+The file is read by `tilelli.model.checkpoint_files.read_weights` (numpy over a memory map, every
+entry checked against the file; bf16 stays the raw uint16 the engine widens in registers), and
+every tensor the engine takes is checked here against the shape the model config gives it, so
+the C code never trusts a config or a file: a config that claims 4,096 positions over a table of
+1,024 is an error here, not a read past the table.
 
 What each layer becomes (`EngineWeight`):
 - ternary (quantized) layers: 2-bit codes in the engine's block layout (see engine.c), 2 bits
@@ -16,45 +17,17 @@ What each layer becomes (`EngineWeight`):
 from __future__ import annotations
 
 import json
-import mmap
+import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from tilelli.errors import TilelliError
-from tilelli.model.packing import unpack_trits
+from tilelli.errors import TilelliError, shown
+from tilelli.model.packing import packed_size, unpack_trits
 from tilelli.model.quantizer import absmean_scale, learned_scale, trits_of
 
 BLOCK = 64  # weights per 2-bit block, BLOCK in engine.c
 KIND_F32, KIND_BF16, KIND_T2 = 0, 1, 2
-_DTYPES = {"F32": np.float32, "BF16": np.uint16, "U8": np.uint8, "I8": np.int8, "I64": np.int64,
-           "I32": np.int32, "F16": np.float16}
-
-
-def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """(name -> read-only array over a memory map, metadata); BF16 tensors come as uint16."""
-    try:
-        with open(path, "rb") as f:
-            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError) as e:
-        raise TilelliError(f"cannot read {path} ({e}); the checkpoint is incomplete, re-save it") from None
-    try:
-        n = int.from_bytes(buf[:8], "little")
-        header = json.loads(bytes(buf[8:8 + n]))
-        metadata = header.pop("__metadata__", None) or {}
-        tensors = {}
-        for name, info in header.items():
-            start, end = info["data_offsets"]
-            dtype = _DTYPES[info["dtype"]]
-            arr = np.frombuffer(buf, dtype=dtype, count=(end - start) // np.dtype(dtype).itemsize,
-                                offset=8 + n + start)
-            tensors[name] = arr.reshape(info["shape"])
-    except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
-        raise TilelliError(f"{path} is truncated or corrupt ({e!r}); re-save or re-download the checkpoint") from None
-    for name, target in json.loads(metadata.get("tilelli.aliases", "{}")).items():
-        tensors[name] = tensors[target]
-    return tensors, metadata
 
 
 def as_float32(a: np.ndarray) -> np.ndarray:
@@ -115,38 +88,82 @@ def quantized_weight(w2d: np.ndarray, scale: np.ndarray) -> EngineWeight:
     return ternary_weight(trits_of(w2d, scale).astype(np.int8), scale)
 
 
+_FLOATS = (np.dtype(np.float32), np.dtype(np.uint16), np.dtype(np.float16))  # uint16 = raw bf16
+
+
+def _mismatch(what: str) -> TilelliError:
+    return TilelliError(f"{what}; config.json does not belong to these weights (was it edited or copied from "
+                        "another run?), re-save the checkpoint")
+
+
 class CheckpointTensors:
-    """Named weights of one checkpoint, each turned into what the engine holds."""
+    """Named weights of one checkpoint, each checked against the shape the engine will use
+    (the model config's) and turned into what the engine holds."""
 
     def __init__(self, tensors: dict[str, np.ndarray], metadata: dict[str, str], packed: bool, quantize: bool,
                  per_row: bool, lsq: bool):
         self.tensors, self.packed, self.quantize, self.per_row, self.lsq = tensors, packed, quantize, per_row, lsq
-        self.shapes = json.loads(metadata.get("tilelli.packed_shapes", "{}"))
+        try:
+            shapes = json.loads(metadata.get("tilelli.packed_shapes", "{}"))
+        except (json.JSONDecodeError, RecursionError):
+            shapes = None
+        if not isinstance(shapes, dict):
+            raise TilelliError("the checkpoint's tilelli.packed_shapes metadata is not a JSON object; re-save it")
+        self.shapes = shapes
 
-    def vector(self, name: str) -> np.ndarray:
-        """A float32 tensor (norms, biases, positions, router), whatever its stored dtype."""
-        if name not in self.tensors:
-            raise TilelliError(f"the checkpoint lacks tensor {name!r}; it does not match its config.json")
-        return np.ascontiguousarray(as_float32(self.tensors[name]))
+    def _floats(self, name: str) -> np.ndarray:
+        a = self.tensors.get(name)
+        if a is None:
+            raise _mismatch(f"the weights lack tensor {shown(name)}")
+        if a.dtype not in _FLOATS:
+            raise _mismatch(f"tensor {shown(name)} holds {a.dtype} values, not floating-point weights")
+        return a
 
-    def matrix(self, prefix: str, ternary: bool) -> EngineWeight:
-        """The weight of the layer `prefix` viewed as 2-D (rows = outputs): 2-bit codes when the
-        layer is quantized (`ternary`), else float32 / bf16 as stored."""
+    def _scale(self, name: str, rows: int) -> np.ndarray:
+        scale = self._floats(name)
+        if scale.size not in (1, rows):
+            raise _mismatch(f"tensor {shown(name)} has {scale.size} scales for {rows} rows")
+        return as_float32(scale).reshape(-1)
+
+    def vector(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 tensor of exactly `shape` (norms, biases, positions, router), whatever its stored dtype."""
+        a = self._floats(name)
+        if a.shape != shape:
+            raise _mismatch(f"tensor {shown(name)} has shape {a.shape} but the model config needs {shape}")
+        return np.ascontiguousarray(as_float32(a))
+
+    def matrix(self, prefix: str, ternary: bool, rows: int, cols: int) -> EngineWeight:
+        """The weight of the layer `prefix` viewed as (rows, cols) (rows = outputs; the model
+        config's shape, checked): 2-bit codes when the layer is quantized (`ternary`), else
+        float32 / bf16 as stored."""
         t = self.tensors
-        if ternary and self.packed and f"{prefix}.trits" in t:
-            shape = self.shapes[prefix]
-            rows, cols = shape[0], int(np.prod(shape[1:]))
-            trits = unpack_trits(np.asarray(t[f"{prefix}.trits"]), rows * cols).reshape(rows, cols)
-            return ternary_weight(trits, as_float32(t[f"{prefix}.scale"]))
-        w = t.get(f"{prefix}.weight")
-        if w is None:
-            raise TilelliError(f"the checkpoint lacks the weight of {prefix!r}; it does not match its config.json")
-        w2d = w.reshape(w.shape[0], -1)
+        name = f"{prefix}.trits"
+        if ternary and self.packed and name in t:
+            shape = self.shapes.get(prefix)
+            ok = isinstance(shape, list) and shape and all(isinstance(d, int) and d >= 0 for d in shape)
+            if not ok or (shape[0], math.prod(shape[1:])) != (rows, cols):
+                raise _mismatch(f"{shown(name)} holds a weight of shape {shown(shape, 40)} but the model config "
+                                f"needs {rows} x {cols}")
+            trits = t[name]
+            if trits.dtype != np.uint8 or trits.size != packed_size(rows * cols):
+                raise _mismatch(f"{shown(name)} has {trits.size} {trits.dtype} values, a {rows} x {cols} weight "
+                                f"needs {packed_size(rows * cols)} bytes")
+            try:
+                codes = unpack_trits(np.asarray(trits), rows * cols).reshape(rows, cols)
+            except ValueError as e:
+                raise TilelliError(f"the checkpoint's {shown(name)} is damaged ({e}); re-save or re-download "
+                                   "the checkpoint") from None
+            return ternary_weight(codes, self._scale(f"{prefix}.scale", rows))
+        w = self._floats(f"{prefix}.weight")
+        if w.ndim < 2 or (w.shape[0], math.prod(w.shape[1:])) != (rows, cols):
+            raise _mismatch(f"tensor {shown(prefix + '.weight')} has shape {w.shape} but the model config needs "
+                            f"{rows} x {cols}")
+        w2d = w.reshape(rows, cols)
         if ternary:
             w2d = as_float32(w2d)
-            scale = (learned_scale(as_float32(t[f"{prefix}.scale"])).reshape(-1, 1) if self.lsq
+            scale = (learned_scale(self._scale(f"{prefix}.scale", rows)).reshape(-1, 1) if self.lsq
                      else absmean_scale(w2d, self.per_row))
             return quantized_weight(w2d, scale)
         kind = KIND_BF16 if w2d.dtype == np.uint16 else KIND_F32
         data = np.ascontiguousarray(w2d if kind == KIND_BF16 else as_float32(w2d))
-        return EngineWeight(kind, w2d.shape[0], w2d.shape[1], data, np.ones(1, np.float32))
+        return EngineWeight(kind, rows, cols, data, np.ones(1, np.float32))

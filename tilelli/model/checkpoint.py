@@ -26,10 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from tilelli.errors import TilelliError
+from tilelli.errors import TilelliError, shown
 from tilelli.model.checkpoint_files import (  # noqa: F401  (re-exported: the torch-free half of this module)
     CONFIG_FILE,
     DEFAULT_MODEL,
@@ -39,14 +38,16 @@ from tilelli.model.checkpoint_files import (  # noqa: F401  (re-exported: the to
     WEIGHTS_FILE,
     checkpoint_dir,
     default_checkpoint,
+    model_config,
     read_config,
+    read_weights,
 )
 from tilelli.model.config import ModelConfig
 from tilelli.model.packing import pack_trits, packed_size, unpack_trits
 from tilelli.model.ternary import TernaryModule
 
 _META_SHAPES = "tilelli.packed_shapes"  # safetensors metadata: JSON {prefix: weight shape}
-_META_ALIASES = "tilelli.aliases"  # JSON {name: name it shares storage with}
+_META_ALIASES = "tilelli.aliases"  # JSON {name: name it shares storage with}; read_weights resolves it
 _RESERVED = ("format", "format_version", "packed", "weights_dtype", "model", "params", "ternary_weights",
              "packed_bytes", "bits_per_weight", "file_bytes")
 # tensors a TernaryModule owns itself; a packed checkpoint replaces them by .trits / .scale
@@ -191,20 +192,17 @@ def _write_atomic(target: Path, data: bytes) -> None:
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model described by `path/config.json` with the weights of
     `path/model.safetensors` (FP32 or packed) on `device`, in eval mode."""
-    from tilelli.model.models import build_model  # models import the pathways; keep this module light
+    from tilelli.model.models import build_model, count_params  # models import the pathways; keep this module light
 
     ckpt = checkpoint_dir(path)
-    cfg = read_config(ckpt)
-    try:
-        config = ModelConfig.from_dict(cfg["model"])
-    except TypeError as e:  # a required field missing
-        raise TilelliError(f"{ckpt / CONFIG_FILE}: bad model config ({e}); re-save the checkpoint") from None
-    tensors, metadata = _read_weights(ckpt / WEIGHTS_FILE)
-    for name, target in json.loads(metadata.get(_META_ALIASES, "{}")).items():
-        if target not in tensors:
-            raise TilelliError(f"{ckpt / WEIGHTS_FILE} is corrupt: tensor {name!r} aliases the missing "
-                               f"{target!r}; re-save the checkpoint")
-        tensors[name] = tensors[target]
+    cfg, config = read_config(ckpt), model_config(ckpt)
+    arrays, metadata = read_weights(ckpt / WEIGHTS_FILE)
+    stored = sum(a.nbytes for a in arrays.values())
+    params = count_params(config)  # on the meta device: no memory
+    if params > _MAX_PARAMS_PER_BYTE * stored + 1024:  # before building it allocates them
+        raise TilelliError(_mismatch(ckpt, f"the config describes {params:,} parameters but the "
+                                           f"weights hold only {stored:,} bytes"))
+    tensors = {name: _tensor(a) for name, a in arrays.items()}
 
     model = build_model(config)
     if cfg["packed"]:
@@ -216,17 +214,15 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     return model.to(device).eval()
 
 
-def _read_weights(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    if not file.is_file():
-        raise TilelliError(f"{file} is missing; the checkpoint is incomplete, re-save it")
-    try:
-        with safe_open(str(file), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError) as e:
-        raise TilelliError(f"{file} is truncated or corrupt ({e}); re-save or re-download "
-                           "the checkpoint") from None
-    return tensors, metadata
+# 5 trits per byte: no real checkpoint stores more parameters per byte than a packed one does
+_MAX_PARAMS_PER_BYTE = 5
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A torch copy of an array `read_weights` gave (raw-uint16 bf16 back to bfloat16)."""
+    if a.dtype == np.uint16:
+        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(a.copy())
 
 
 def _load_trits(model: nn.Module, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
@@ -235,23 +231,25 @@ def _load_trits(model: nn.Module, tensors: dict[str, torch.Tensor], metadata: di
     where = ckpt / WEIGHTS_FILE
     try:
         shapes = json.loads(metadata[_META_SHAPES])
-    except (KeyError, json.JSONDecodeError):
+    except (KeyError, json.JSONDecodeError, RecursionError):
+        shapes = None
+    if not isinstance(shapes, dict):
         raise TilelliError(f"{where} has no packed weight shapes in its metadata although "
-                           f"{CONFIG_FILE} says packed; re-save the checkpoint") from None
+                           f"{CONFIG_FILE} says packed; re-save the checkpoint")
     mods = _packed_modules(model)
     for prefix in shapes:
         if prefix not in mods:
-            raise TilelliError(_mismatch(ckpt, f"the weights have packed tensor '{prefix}.trits' that the "
-                                               "model config has no quantized layer for"))
+            raise TilelliError(_mismatch(ckpt, f"the weights have packed tensor {shown(prefix + '.trits')} that "
+                                               "the model config has no quantized layer for"))
     for prefix, m in mods.items():
         name = f"{prefix}.trits"
         if prefix not in shapes or name not in tensors or f"{prefix}.scale" not in tensors:
             raise TilelliError(_mismatch(ckpt, f"the weights lack packed tensor '{name}'"))
         want = tuple(m.packed_shape if "packed_trits" in m._buffers else m.weight.shape)
-        shape = tuple(shapes[prefix])
+        shape = tuple(shapes[prefix]) if isinstance(shapes[prefix], list) else None
         if shape != want:
-            raise TilelliError(_mismatch(ckpt, f"'{name}' holds a weight of shape {shape} but the "
-                                               f"model config needs {want}"))
+            raise TilelliError(_mismatch(ckpt, f"'{name}' holds a weight of shape {shown(shapes[prefix], 40)} but "
+                                               f"the model config needs {want}"))
         trits, scale = tensors.pop(name), tensors.pop(f"{prefix}.scale")
         n = math.prod(shape)
         if trits.dtype != torch.uint8 or trits.numel() != packed_size(n):
@@ -281,7 +279,7 @@ def _load_state(model: nn.Module, tensors: dict[str, torch.Tensor], ckpt: Path) 
     unexpected = [k for k in tensors if k not in want]
     if unexpected:
         more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise TilelliError(_mismatch(ckpt, f"the weights have tensor '{unexpected[0]}'{more} that the "
+        raise TilelliError(_mismatch(ckpt, f"the weights have tensor {shown(unexpected[0])}{more} that the "
                                            "model config does not"))
     for k, v in want.items():
         if tuple(tensors[k].shape) != tuple(v.shape):

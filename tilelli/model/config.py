@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tilelli.errors import TilelliError
+from tilelli.errors import TilelliError, shown
 
 Arch = Literal["lite", "parent", "vanilla"]
 SkipMode = Literal["per_call", "per_token"]
@@ -37,7 +37,7 @@ class TernaryOptions:
         for f in dataclasses.fields(self):
             problem = field_type_error(f.name, getattr(self, f.name))
             if problem:
-                raise TilelliError(f"invalid ternary options: {f.name}={getattr(self, f.name)!r}; {problem}")
+                raise TilelliError(f"invalid ternary options: {f.name}={shown(getattr(self, f.name))}; {problem}")
 
 
 # How a model is trained, not what it is: loss weights and dropout. `--init-from` may change them.
@@ -92,7 +92,7 @@ class ModelConfig:
         for f in dataclasses.fields(self):  # a wrong type first: the range checks below would fail on it
             problem = field_type_error(f.name, getattr(self, f.name))
             if problem:
-                bad(f"{f.name}={getattr(self, f.name)!r}; {problem}")
+                bad(f"{f.name}={shown(getattr(self, f.name))}; {problem}")
         if self.arch not in ("lite", "parent", "vanilla"):
             bad(f"arch {self.arch!r}; expected 'lite', 'parent' or 'vanilla'")
         for name in ("d_model", "n_layers", "vocab_size", "max_seq_len", "n_heads", "expand",
@@ -145,13 +145,15 @@ class ModelConfig:
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
-            raise TilelliError(f"config has unknown fields {sorted(unknown)}; "
+            raise TilelliError(f"config has unknown fields {shown(sorted(unknown))}; "
                                "was it written by a newer tilelli?")
         d = dict(d)
         tern = d.pop("ternary", {}) or {}
+        if not isinstance(tern, dict):
+            raise TilelliError(f"config field ternary takes an object of ternary options, got {type(tern).__name__}")
         unknown_t = set(tern) - set(TernaryOptions.__dataclass_fields__)
         if unknown_t:
-            raise TilelliError(f"config has unknown ternary fields {sorted(unknown_t)}")
+            raise TilelliError(f"config has unknown ternary fields {shown(sorted(unknown_t))}")
         return cls(ternary=TernaryOptions(**tern), **d)
 
 

@@ -35,9 +35,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tilelli import __version__
 from tilelli.chat.defaults import CHAT_SAMPLING
 from tilelli.infer.generate import Decoder, SamplingConfig
-from tilelli.serve import protocol
+from tilelli.serve import protocol, schema
 from tilelli.serve.protocol import ApiError, GenerationRequest
 from tilelli.serve.text import Piece, Utf8Text
 from tilelli.serve.worker import DecodeWorker, Job, QueueFull, ShuttingDown
@@ -175,6 +176,8 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
 
     try:
         data = json.loads(text, parse_constant=no_constant) if text.strip() else None
+    except RecursionError:  # Python's parser recurses once per level: 10,000 "[" are not a 500
+        raise protocol.bad("the request body nests arrays or objects too deeply to be a request") from None
     except (json.JSONDecodeError, ValueError) as e:
         where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
         msg = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
@@ -202,8 +205,10 @@ def create_app(load: Callable[[], Decoder], model: str, defaults: SamplingConfig
         yield
         await asyncio.to_thread(state.stop)
 
-    app = FastAPI(title="tilelli serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="tilelli serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="An OpenAI-compatible API for one small byte-level model (docs/serve.md).")
     app.state.serve = state
+    schema.install_openapi(app)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError) -> JSONResponse:
@@ -213,8 +218,10 @@ def create_app(load: Callable[[], Decoder], model: str, defaults: SamplingConfig
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         message = f"no such endpoint: {request.method} {request.url.path}; see GET /v1/models, " \
                   "POST /v1/completions, POST /v1/chat/completions" if e.status_code in (404, 405) else str(e.detail)
+        if e.status_code == 405 and e.headers:
+            message += f" ({request.url.path} takes {e.headers.get('Allow', '')})"
         body = ApiError(e.status_code, message, None, "not_found" if e.status_code == 404 else None).body()
-        return JSONResponse(body, status_code=e.status_code)
+        return JSONResponse(body, status_code=e.status_code, headers=e.headers)  # 405 keeps its Allow header
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, e: Exception) -> JSONResponse:
@@ -225,7 +232,9 @@ def create_app(load: Callable[[], Decoder], model: str, defaults: SamplingConfig
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
-    @app.get("/health")
+    @app.get("/health", response_model=None, responses={200: {"model": schema.Health, "description": "ready"},
+                                                         503: {"model": schema.Health,
+                                                               "description": "loading, or failed to load"}})
     async def health() -> JSONResponse:
         body: dict[str, Any] = {"status": {"ready": "ok"}.get(state.status, state.status), "model": model,
                                 "max_tokens": state.defaults.max_new_tokens}
@@ -237,20 +246,23 @@ def create_app(load: Callable[[], Decoder], model: str, defaults: SamplingConfig
 
     model_card = {"id": model, "object": "model", "created": protocol.now(), "owned_by": "tilelli"}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=schema.ModelList)
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [model_card]}
 
-    @app.get("/v1/models/{name:path}")
+    @app.get("/v1/models/{name:path}", response_model=schema.ModelCard, responses=schema.errors(400, 404))
     async def one_model(name: str) -> dict[str, Any]:
         protocol.check_model({"model": name}, model)
         return model_card
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", response_model=None, openapi_extra=schema.request_body(schema.CompletionRequest),
+              responses=schema.generation_responses(schema.Completion))
     async def completions(request: Request) -> Response:
         return await _generate(request, chat=False)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", response_model=None,
+              openapi_extra=schema.request_body(schema.ChatCompletionRequest),
+              responses=schema.generation_responses(schema.ChatCompletion))
     async def chat_completions(request: Request) -> Response:
         return await _generate(request, chat=True)
 

@@ -36,6 +36,7 @@ from tilelli.chat.session import conversation_prompt
 from tilelli.chat.template import END_BYTE, USER_BYTE
 from tilelli.errors import TilelliError
 from tilelli.infer.generate import GeneratedByte, SamplingConfig
+from tilelli.limits import SEED_MAX, utf8
 
 
 class ApiError(Exception):
@@ -75,6 +76,15 @@ def bad(message: str, param: str | None = None, code: str | None = None) -> ApiE
 def typename(v: Any) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
             dict: "an object", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def _text(text: str, param: str) -> bytes:
+    """A string field's UTF-8 bytes; a lone surrogate ("\\udcff" in the JSON) is a 400, as
+    invalid text is at every other door (tilelli.limits.utf8)."""
+    try:
+        return utf8(text, param)
+    except TilelliError as e:
+        raise bad(str(e), param) from None
 
 
 def _int(body: dict, key: str, lo: int | None = None, hi: int | None = None, hint: str = "") -> int | None:
@@ -148,7 +158,7 @@ def _stops(body: dict) -> tuple[bytes, ...]:
         raise bad(f"stop takes at most 4 sequences, got {len(items)}", "stop")
     if any(s == "" for s in items):
         raise bad("a stop sequence is empty", "stop")
-    return tuple(s.encode("utf-8") for s in items)
+    return tuple(_text(s, "stop") for s in items)
 
 
 def _logprobs(body: dict, chat: bool) -> tuple[bool, int]:
@@ -176,7 +186,7 @@ def _common(body: dict, defaults: SamplingConfig, cap: int, chat: bool) -> tuple
     temperature = _number(body, "temperature", 0.0, 2.0)
     top_p = _number(body, "top_p", 0.0, 1.0, lo_open=True)
     top_k = _int(body, "top_k", lo=0, hi=256)
-    seed = _int(body, "seed")
+    seed = _int(body, "seed", lo=0, hi=SEED_MAX, hint=" (leave it out for a random one)")
     stream = _bool(body, "stream")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
@@ -186,14 +196,17 @@ def _common(body: dict, defaults: SamplingConfig, cap: int, chat: bool) -> tuple
         raise bad("stream_options needs \"stream\": true", "stream_options")
     stop = _stops(body) + ((END_BYTE, USER_BYTE) if chat else ())
     logprobs, top_logprobs = _logprobs(body, chat)
-    cfg = SamplingConfig(
-        max_new_tokens=cap if max_tokens is None else max_tokens,
-        temperature=defaults.temperature if temperature is None else temperature,
-        top_k=defaults.top_k if top_k is None else top_k,
-        top_p=defaults.top_p if top_p is None else top_p,
-        seed=defaults.seed if seed is None else seed,
-        stop=stop,
-        top_logprobs=top_logprobs)
+    try:  # the checks above are the API's; SamplingConfig's own are the library's, and a 400 too
+        cfg = SamplingConfig(
+            max_new_tokens=cap if max_tokens is None else max_tokens,
+            temperature=defaults.temperature if temperature is None else temperature,
+            top_k=defaults.top_k if top_k is None else top_k,
+            top_p=defaults.top_p if top_p is None else top_p,
+            seed=defaults.seed if seed is None else seed,
+            stop=stop,
+            top_logprobs=top_logprobs)
+    except TilelliError as e:
+        raise bad(str(e)) from None
     return cfg, stream, include_usage, logprobs
 
 
@@ -207,7 +220,7 @@ def parse_completion(body: dict, defaults: SamplingConfig, cap: int, context: in
         raise bad(f"prompt is a list of {len(p)} strings; send one prompt per request", "prompt")
     if not isinstance(p, str):
         raise bad(f"prompt must be a string, got {typename(p)}", "prompt")
-    data = p.encode("utf-8")
+    data = _text(p, "prompt")
     if not data:
         raise bad("prompt is empty; give at least one character", "prompt")
     if len(data) > context:
@@ -222,6 +235,7 @@ def _content(m: dict, i: int) -> str:
     if c is None:
         return ""
     if isinstance(c, str):
+        _text(c, f"messages[{i}].content")
         return c
     if isinstance(c, list):  # content parts: only text parts make sense for a text model
         texts = []
@@ -229,6 +243,7 @@ def _content(m: dict, i: int) -> str:
             if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
                 raise bad(f"messages[{i}].content: only text parts {{\"type\": \"text\", \"text\": ...}} "
                           "are supported", f"messages[{i}].content")
+            _text(part["text"], f"messages[{i}].content")
             texts.append(part["text"])
         return "".join(texts)
     raise bad(f"messages[{i}].content must be a string, got {typename(c)}", f"messages[{i}].content")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tilelli.errors import TilelliError
+from tilelli.limits import check_threads, seed_problem
 from tilelli.model.checkpoint_files import list_checkpoints
 from tilelli.model.config import ModelConfig, TernaryOptions, field_type_error, from_name
 from tilelli.train.paths import check_writable_dir
@@ -40,6 +41,22 @@ def check_overrides(overrides: dict[str, Any]) -> None:
         problem = field_type_error(key, value)
         if problem:
             raise TilelliError(f"--override {key}={_shown(value)}: {problem}")
+
+
+def read_meta(data_dir: str | Path) -> dict[str, Any]:
+    """The data dir's meta.json (what `tilelli prepare` recorded), {} when there is none; a damaged
+    one is a one-line error here, before the run directory is made, not a traceback at step 0."""
+    path = Path(data_dir) / "meta.json"
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        meta = None
+    if not isinstance(meta, dict) or not all(isinstance(meta.get(k, {}), dict) for k in ("train", "valid")):
+        raise TilelliError(f"{path} is not the JSON object `tilelli prepare` writes; re-run `tilelli prepare` "
+                           "(or remove the file)")
+    return meta
 
 
 def _check_bin(path: Path, min_bytes: int = 1, why: str = "") -> None:
@@ -94,6 +111,9 @@ class TrainConfig:
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise TilelliError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
+        if seed_problem(self.seed):
+            raise TilelliError(f"--seed: {seed_problem(self.seed)}")
+        check_threads(self.threads)
         for name in ("lr", "grad_clip", "weight_decay"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0) or (name == "lr" and value == 0):
@@ -127,8 +147,12 @@ class TrainConfig:
             raise TilelliError(f"--seq-len {self.seq_len} exceeds {self.model}'s max_seq_len "
                                f"{model_cfg.max_seq_len}; use a shorter --seq-len")
         data = Path(self.data)
+        if data.is_file():
+            raise TilelliError(f"--data {data} is a file; give the directory `tilelli prepare` wrote "
+                               "(train.bin, valid.bin, meta.json)")
         if not data.is_dir():
             raise TilelliError(f"data dir {data} does not exist; make it with `tilelli prepare`")
+        read_meta(data)
         _check_bin(data / "train.bin", self.seq_len + 1,
                    f"one window needs seq_len + 1 = {self.seq_len + 1}; use a shorter --seq-len or more data")
         if self.eval_every:

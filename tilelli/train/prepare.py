@@ -13,6 +13,7 @@ rule, the sha256 of both bins, the tilelli version and the time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -232,8 +233,12 @@ class _BinWriter:
         os.replace(self.partial, self.path)
 
     def discard(self) -> None:
-        self.file.close()
-        self.partial.unlink(missing_ok=True)
+        """Remove the partial file. Called while an error propagates, so it never raises: closing
+        flushes the buffer, which fails again on a full disk."""
+        with contextlib.suppress(OSError):
+            self.file.close()
+        with contextlib.suppress(OSError):
+            self.partial.unlink(missing_ok=True)
 
 
 def _scan(src: _Source, delimiter: str, field: str, progress) -> Iterator[bytes]:
@@ -367,7 +372,8 @@ def prepare(
         except BaseException:
             for w in writers.values():
                 w.discard()
-            meta_partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                meta_partial.unlink(missing_ok=True)
             raise
     return meta
 

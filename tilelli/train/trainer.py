@@ -52,7 +52,7 @@ from tilelli.model.checkpoint_files import CHECKPOINTS, TEMPLATE_KEY, data_templ
 from tilelli.model.config import TRAINING_FIELDS, ModelConfig, list_configs
 from tilelli.model.models import LM, build_model
 from tilelli.model.ternary import latent_state_dict
-from tilelli.train.config import TrainConfig  # defined torch-free (the CLI checks it first); used from here
+from tilelli.train.config import TrainConfig, read_meta  # defined torch-free (the CLI checks it first)
 from tilelli.train.data import ByteBatches, open_bin
 from tilelli.train.evaluate import evaluate_bpb
 from tilelli.train.optim import build_optimizers, lr_at, set_lr
@@ -183,8 +183,7 @@ def run_info(cfg: TrainConfig, model_cfg: ModelConfig, params: int, device: torc
 
     from tilelli import __version__
 
-    meta_file = Path(cfg.data) / "meta.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    meta = read_meta(cfg.data)
     return {
         "command": sys.argv,
         "python_executable": sys.executable,
@@ -269,8 +268,9 @@ def save_train_checkpoint(run_dir: Path, step: int, model: LM, state: dict[str, 
         shutil.rmtree(tmp, ignore_errors=True)
         previous = list_checkpoints(run_dir)
         kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
-        hint = "free some disk space, then rerun with --resume" if e.errno == errno.ENOSPC else \
-            "fix the problem, then rerun with --resume"
+        fix = "free some disk space" if e.errno == errno.ENOSPC else "fix the problem"
+        # --resume needs a checkpoint to continue from; without one, the same command starts over
+        hint = f"{fix}, then rerun with --resume" if previous else f"{fix}, then run the same command again"
         raise TilelliError(f"could not write checkpoint {final} ({e.strerror or e}); {kept}; {hint}") from None
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
@@ -437,14 +437,9 @@ class Trainer:
             raise TilelliError(f"--init-from {ckpt}: its weights do not fit {self.cfg.model} ({first}); "
                                "start from an unpacked checkpoint with the same ternary scale options") from None
 
-    def _data_meta(self) -> dict[str, Any]:
-        """The data directory's meta.json (empty for data prepared by hand, without one)."""
-        meta = self.data_dir / "meta.json"
-        return json.loads(meta.read_text()) if meta.is_file() else {}
-
     def _resume_key(self) -> dict[str, Any]:
         """Settings that must not change across a resume, or it would not continue the same run."""
-        sha = self._data_meta().get("train", {}).get("sha256")
+        sha = read_meta(self.data_dir).get("train", {}).get("sha256")
         cfg = self.cfg
         return {"optimizer": cfg.optimizer, "global_batch": cfg.batch_size * self.dist.world_size,
                 "seq_len": cfg.seq_len, "train_sha256": sha}
@@ -581,7 +576,7 @@ class Trainer:
                      "data": self.batches.state_dict(), "rng": rng_state(),
                      "metrics_bytes": self.metrics.tell(), "last_valid": self.last_valid}
             extra = {"step": self.step, "tokens": self.tokens, "train": self.cfg.to_dict(),
-                     TEMPLATE_KEY: data_template(self._data_meta())}
+                     TEMPLATE_KEY: data_template(read_meta(self.data_dir))}
             self.last_checkpoint = save_train_checkpoint(self.out, self.step, self.raw_model, state, extra,
                                                          self.cfg.keep_last)
         if self.dist.world_size > 1:
