@@ -64,7 +64,7 @@ def test_generate_reports_full_context(capsysbinary, ckpt):
     (["generate", "--checkpoint", "/no/such/dir", "--prompt", "a"], "/no/such/dir"),
     (["generate", "--checkpoint", "CKPT", "--prompt", "x" * 65], "context is 64"),
     (["generate", "--checkpoint", "CKPT", "--prompt", "a", "--max-new-tokens", "-1"], "must be >= 0"),
-    (["generate", "--checkpoint", "CKPT", "--prompt", "a", "--temperature", "-1"], "must be >= 0"),
+    (["generate", "--checkpoint", "CKPT", "--prompt", "a", "--temperature", "-1"], "finite number >= 0"),
     (["generate", "--checkpoint", "CKPT", "--prompt", "a", "--top-p", "2"], "top-p"),
 ])
 def test_bad_input_is_one_line_exit_2(capsysbinary, ckpt, args, msg):

@@ -515,11 +515,13 @@ def test_openai_client_reads_logprobs(real):
            "top_logprobs": 4}
     answer = client.chat.completions.create(**ask)
     content = answer.choices[0].logprobs.content
-    assert b"".join(bytes(t.bytes) for t in content).decode("utf-8", "replace") == answer.choices[0].message.content
+    assert b"".join(bytes(t.bytes) for t in content).decode("utf-8") == answer.choices[0].message.content
     assert answer.usage.completion_tokens == len(content)  # a token is a byte
     for t in content:
         assert t.logprob <= 0 and len(t.top_logprobs) == 4
-        assert t.top_logprobs[0].bytes == t.bytes and t.top_logprobs[0].logprob == pytest.approx(t.logprob)  # greedy
+        # greedy: the likeliest byte, unless a chat constraint (valid UTF-8, no refusal quoted) banned it; the
+        # alternatives are the model's own distribution, bans not applied
+        assert t.top_logprobs[0].logprob >= t.logprob - 1e-9
         assert sum(math.exp(a.logprob) for a in t.top_logprobs) <= 1 + 1e-6
     parts = list(client.chat.completions.create(**ask, stream=True))
     streamed = [t for p in parts if p.choices and p.choices[0].logprobs for t in p.choices[0].logprobs.content]
