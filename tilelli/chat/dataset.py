@@ -137,9 +137,8 @@ def story_topic(story: str) -> str | None:
 
 def plain_subject(topic: str, rng: random.Random) -> str:
     """A subject as people name it: "a little girl named Lily" as it is, or "a little girl", or
-    "a girl" (a third each). The training requests name their subject as read off the story,
-    mostly with a name; the held-out ones (calibration, evaluation) also ask without one, as in
-    "Tell me a story about a cat."."""
+    "a girl" (a third each). Read off a story, a subject mostly carries a name; chat models
+    trained only on those gave "Tell me a story about a cat." a high refusal probability."""
     m = _NAMED.fullmatch(topic)
     choice = rng.randrange(3)
     if m is None or choice == 0:
@@ -183,7 +182,7 @@ def story_turn(story: str, split: str, rng: random.Random, kinds: Sequence[str] 
             slot = story_topic(story) if kind == "topic" else story_words(story, rng)
             if slot is None:
                 continue
-            if kind == "topic" and split != "train":  # held-out requests name plain subjects too
+            if kind == "topic":  # people name plain subjects too ("a cat"), not only "a cat named Tom"
                 slot = plain_subject(slot, rng)
             request, reply = phrasing.story_request(slot, kind, split, rng), story
         if reply and len((request + reply).encode()) <= MAX_CONVERSATION_BYTES - 8:
