@@ -46,3 +46,11 @@ def mean_sd(values: list[float]) -> str:
     mean = sum(values) / len(values)
     sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
     return f"{mean:.4f} ± {sd:.4f}"
+
+
+def welch_sentence(w: dict, sizes: str = "") -> str:
+    """The Welch's t-test line of an A/B page (`sizes`: what follows the seed counts, e.g. ", 4.10 M bytes each")."""
+    return (f"**Welch's t-test, Lite minus vanilla** ({w['n_a']} vs {w['n_b']} seeds{sizes}): difference "
+            f"{w['diff']:+.4f} bpb (95 % CI {w['diff_ci'][0]:+.4f} to {w['diff_ci'][1]:+.4f}), "
+            f"t = {w['t']:.2f}, df = {w['df']:.1f}, p = {w['p']:.2g}; Hedges' g = {w['hedges_g']:.2f} "
+            f"(95 % CI {w['hedges_g_ci'][0]:.2f} to {w['hedges_g_ci'][1]:.2f}). Negative = Lite lower (better).")

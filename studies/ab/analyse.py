@@ -22,7 +22,7 @@ from pathlib import Path
 
 from studies.ab.runs import LITE, PARENT, SEEDS, SWEEP, VANILLA, parent_runs, sweep_name
 from studies.common import add_output_args, publish, results_dir
-from studies.records import copy_record, mean_sd, record
+from studies.records import copy_record, mean_sd, record, welch_sentence
 from tilelli.train.runs import RUN_FILE
 from tilelli.train.stats import welch
 
@@ -85,10 +85,7 @@ def markdown(a: dict) -> str:
             lines.append(f"| `{m}` | {s['setting']} | " + " | ".join(_bpb(r) for r in s["runs"]) + f" | {summary} |")
     if "welch_lite_minus_vanilla" in a:
         w = a["welch_lite_minus_vanilla"]
-        lines += ["", f"**Welch's t-test, Lite minus vanilla** ({w['n_a']} vs {w['n_b']} seeds): difference "
-                  f"{w['diff']:+.4f} bpb (95 % CI {w['diff_ci'][0]:+.4f} to {w['diff_ci'][1]:+.4f}), "
-                  f"t = {w['t']:.2f}, df = {w['df']:.1f}, p = {w['p']:.2g}; Hedges' g = {w['hedges_g']:.2f} "
-                  f"(95 % CI {w['hedges_g_ci'][0]:.2f} to {w['hedges_g_ci'][1]:.2f}). Negative = Lite lower (better)."]
+        lines += ["", welch_sentence(w)]
     if a["parents"]:
         lines += ["", f"### Parent blocks next to Lite FP32, {PARENT['steps']} steps x 16 x 256 bytes at Lite's best "
                   "setting (valid bpb)", "",

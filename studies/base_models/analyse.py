@@ -33,7 +33,7 @@ from studies.base_models.runs import (
 )
 from studies.common import add_output_args, publish, results_dir
 from studies.launch import LITE, VANILLA
-from studies.records import copy_record, mean_sd, record
+from studies.records import copy_record, mean_sd, record, welch_sentence
 from tilelli.train.runs import RUN_FILE, read_metrics
 from tilelli.train.stats import welch
 
@@ -119,10 +119,7 @@ def markdown(a: dict) -> str:
         lines.append(f"| `{model}` | " + " | ".join(cells) + f" | {summary} |")
     if "welch_lite_minus_vanilla" in a:
         w = a["welch_lite_minus_vanilla"]
-        lines += ["", f"**Welch's t-test, Lite minus vanilla** ({w['n_a']} vs {w['n_b']} seeds, 4.10 M bytes each): "
-                  f"difference {w['diff']:+.4f} bpb (95 % CI {w['diff_ci'][0]:+.4f} to {w['diff_ci'][1]:+.4f}), "
-                  f"t = {w['t']:.2f}, df = {w['df']:.1f}, p = {w['p']:.2g}; Hedges' g = {w['hedges_g']:.2f} "
-                  f"(95 % CI {w['hedges_g_ci'][0]:.2f} to {w['hedges_g_ci'][1]:.2f}). Negative = Lite lower (better)."]
+        lines += ["", welch_sentence(w, ", 4.10 M bytes each")]
     else:
         lines += ["", "Welch's test waits for all three seeds of both models: "
                   "`python -m studies.base_models.runs --seeds` runs (or resumes) the unfinished ones."]

@@ -15,7 +15,6 @@ import string
 from collections.abc import Sequence
 
 LANGUAGE_LINES = (
-
     "Bonjour, comment vas-tu aujourd'hui ?", "Quelle heure est-il ?", "Je voudrais un café, s'il vous plaît.",
     "Où se trouve la gare ?", "Pourquoi le ciel est-il bleu ?", "Il fait très froid ce matin.",
     "¿Dónde está la biblioteca?", "Me gustaría aprender a cocinar.", "¿Cuántos años tienes?",
@@ -31,7 +30,6 @@ LANGUAGE_LINES = (
     "Привет, как дела?", "Где находится метро?", "Сколько это стоит?", "今日はいい天気ですね。",
     "駅はどこですか？", "你好，你叫什么名字？", "今天天气怎么样？", "안녕하세요, 만나서 반갑습니다.",
     "مرحبا، كيف حالك؟", "שלום, מה שלומך?", "Γεια σου, τι κάνεις;", "नमस्ते, आप कैसे हैं?",
-
     "Le train part à huit heures.", "Nous allons au marché samedi matin.", "Mi hermana vive cerca del río.",
     "La sopa está demasiado caliente.", "Der Zug hat zehn Minuten Verspätung.", "Meine Mutter kocht heute Suppe.",
     "Il treno parte alle nove e mezza.", "Mi piace molto camminare in montagna.", "A reunião começa às dez horas.",

@@ -37,6 +37,9 @@ def _char_length(lead: int) -> int:
     return 0
 
 
+_LENGTHS = tuple(_char_length(b) for b in range(256))  # per byte, looked up at every constrained step
+
+
 def _second_byte_range(lead: int) -> tuple[int, int]:
     return {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F), 0xF0: (0x90, 0xBF), 0xF4: (0x80, 0x8F)}.get(lead, (0x80, 0xBF))
 
@@ -47,8 +50,7 @@ def pending_char(out: bytes) -> tuple[int, int] | None:
         b = out[-back]
         if 0x80 <= b <= 0xBF:
             continue
-        n = _char_length(b)
-        return (b, back) if n > back else None
+        return (b, back) if _LENGTHS[b] > back else None
     return None
 
 
@@ -61,7 +63,7 @@ def utf8_banned(out: bytes, left: int, stop_bytes: frozenset[int] = frozenset())
         lead, have = p
         lo, hi = _second_byte_range(lead) if have == 1 else (0x80, 0xBF)
         return [b for b in range(256) if not lo <= b <= hi]
-    return [b for b in range(256) if b not in stop_bytes and not 1 <= _char_length(b) <= left]
+    return [b for b, n in enumerate(_LENGTHS) if b not in stop_bytes and not 1 <= n <= left]
 
 
 def quote_banned(out: bytes, texts: Sequence[bytes], min_len: int = QUOTE_MIN,
