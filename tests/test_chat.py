@@ -25,6 +25,7 @@ from tilelli.chat.abstain import (
     measure,
     peak_bits_per_byte,
 )
+from tilelli.chat.detector import Detector, training_turns
 from tilelli.chat.session import ChatSession, conversation_prompt
 from tilelli.chat.template import (
     ASSISTANT,
@@ -435,8 +436,14 @@ def test_calibrate_writes_the_rule_that_chat_then_uses(tiny_ckpt, chat_set, tmp_
     cal = rows(chat_set / "eval" / "calibration.jsonl")
     decoder = load_decoder(ckpt)
     prompts = [conversation_prompt([tuple(t) for t in r["history"]], r["prompt"], 256)[0] for r in cal]
-    assert rule == AbstainRule.calibrate(measure(decoder, prompts), 0.4, rule.record)
+    assert rule.detector is not None and rule.detector.record["prompts"] > 0
+    assert rule == AbstainRule.calibrate(measure(decoder, prompts), 0.4, rule.record, rule.detector)
     assert rule.record["calibration"]["prompts"] == len(cal) > 0
+    done = run_cli("calibrate", "--checkpoint", str(ckpt), "--data", str(chat_set), "--alpha", "0.4",
+                   "--detector-prompts", "0")
+    assert done.returncode == 0, done.stderr
+    plain = AbstainRule.load(ckpt)
+    assert plain == AbstainRule.calibrate(measure(decoder, prompts), 0.4, plain.record) and plain.detector is None
     ask = ("chat", "--checkpoint", str(ckpt), "--prompt", "hi", "--json", "--max-new-tokens", "8", "--temperature", "0")
     for extra, refused in ((("--abstain-threshold", "0"), True), (("--abstain-threshold", "1"), False)):
         out = json.loads(run_cli(*ask, *extra).stdout)
@@ -486,3 +493,40 @@ def test_chat_interactive_reset_and_eof(tiny_ckpt):
 def test_chat_bad_input_is_one_line_exit_2(args, message):
     done = run_cli("chat", *args)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_detector_folds_its_fit_into_one_dot_product_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    refused = rng.random(300) < 0.4
+    x = rng.normal(size=(300, 10))
+    x[:, 3] += 3.0 * refused  # one informative column among the "logits"
+    x[:, -2:] = rng.normal(size=(300, 2))  # log P(refusal) and surprise: noise here
+    det = Detector.fit(x, refused, {"file": "synthetic"})
+    scores = np.array([det.score(row) for row in x])
+    assert det.record["cv_auroc"] > 0.95 and det.record["prompts"] == 300
+    assert scores[refused].mean() > 0 > scores[~refused].mean()
+    assert math.isnan(det.score(()))  # an unmeasured prompt has no score, so it never abstains
+    rule = AbstainRule.calibrate([Signals(0.5, 1.0, features=tuple(r)) for r in x[~refused]], 0.1, {}, det)
+    assert rule.refusal_threshold == conformal_threshold(scores[~refused].tolist(), 0.05)
+    assert rule.decide(Signals(0.0, 1.0, features=tuple(x[refused][scores[refused].argmax()]))).abstain
+    rule.save(tmp_path)
+    assert AbstainRule.load(tmp_path) == rule
+    with pytest.raises(TilelliError, match="both kinds"):
+        Detector.fit(x, np.zeros(300, dtype=bool), {})
+
+
+def test_detector_reads_training_turns_with_their_history():
+    stream = b"".join(turn(u, r) for u, r in [("Tell me a story.", "Once upon a time."), ("Who won in 1988?", REFUSAL),
+                                             ("Thanks!", "You're welcome.")])
+    turns = training_turns(stream, 10, seed=1)
+    assert [(t, refused) for _, t, refused in turns] == [("Tell me a story.", False), ("Who won in 1988?", True),
+                                                         ("Thanks!", False)]
+    for i, (history, _, _) in enumerate(turns):  # 0..2 turns before, in order
+        assert history == [("Tell me a story.", "Once upon a time."), ("Who won in 1988?", REFUSAL)][i - len(history):i]
+
+
+def test_measure_gives_the_detector_its_features(tiny_ckpt):
+    dec = load_decoder(tiny_ckpt)
+    s = measure(dec, [turn("Tell me a story.")])[0]
+    assert len(s.features) == 2 * dec.config.vocab_size + 2
+    assert s.features[-2:] == (math.log(max(s.refusal, 1e-30)), s.surprise)

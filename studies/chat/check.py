@@ -2,8 +2,9 @@
 shipped chat checkpoints: rebuild the held-out sets from ../shared/data, re-calibrate, re-run
 every measurement, compare; and check the issue-23 targets the README states.
 
-Tolerances: each model's thresholds, re-calibrated, within 0.01 (refusal probability) and 0.05
-bits per byte (surprise); every refusal rate (kind x context) within 3 points; reply bpb within
+Tolerances: each model's thresholds, re-calibrated (over the shipped refusal detector), within
+0.1 (the detector's log-odds; 0.01 for a rule on the refusal probability) and 0.05 bits per byte
+(surprise); every refusal rate (kind x context) within 3 points; reply bpb within
 0.5 %; AUROCs within 0.01 (float sums and seeded sampling may differ slightly between CPUs and
 instruction sets). Exactly: the data hashes, the held-out sizes, zero answers quoting a refusal
 and zero invalid UTF-8, and the scripted conversations' replies (same CPU class);
@@ -33,7 +34,7 @@ from tilelli.chat.dataset import build
 from tilelli.commands.calibrate import row_signals
 from tilelli.infer import load_decoder
 
-RATE, BPB, AUROC, REFUSAL_T, SURPRISE_T = 0.03, 0.005, 0.01, 0.01, 0.05
+RATE, BPB, AUROC, REFUSAL_T, LOG_ODDS_T, SURPRISE_T = 0.03, 0.005, 0.01, 0.01, 0.1, 0.05
 DEFAULT = "tilelli-chat-lite-ternary"
 TARGETS = {"fact": (">=", 0.97), "request": ("<=", 0.03), "small_talk": ("<=", 0.05), "gibberish": (">=", 0.95),
            "language": (">=", 0.95), "code": (">=", 0.95), "arithmetic": (">=", 0.95)}
@@ -70,10 +71,12 @@ def main() -> int:
         cal = [json.loads(line) for line in (data / "eval" / "calibration.jsonl").read_text().splitlines()]
         for pub in pubs:
             name, ckpt = pub["name"], ROOT / pub["checkpoint"]
-            if pub["rule"] is not None:
-                rule = AbstainRule.calibrate(row_signals(load_decoder(ckpt, "torch"), cal), pub["rule"]["alpha"], {})
+            if pub["rule"] is not None:  # the thresholds, re-calibrated over the shipped detector
+                shipped = AbstainRule.load(ckpt)
+                rule = AbstainRule.calibrate(row_signals(load_decoder(ckpt, "torch"), cal), pub["rule"]["alpha"], {},
+                                             shipped.detector if shipped else None)
                 checker.check(f"{name} refusal threshold", pub["rule"]["refusal_threshold"], rule.refusal_threshold,
-                              REFUSAL_T, absolute=True)
+                              REFUSAL_T if rule.detector is None else LOG_ODDS_T, absolute=True)
                 checker.check(f"{name} surprise threshold", pub["rule"]["surprise_threshold"],
                               rule.surprise_threshold, SURPRISE_T, absolute=True)
             now = measure_model(name, ckpt, ROOT / pub["base"], data, 0)

@@ -120,7 +120,8 @@ def run_rows(decoder, scorer, rule: AbstainRule | None, rows: list[dict]) -> lis
     out = []
     for r, d in zip(rows, decisions, strict=True):
         out.append({"kind": r["kind"], "context": r["context"], "refusal": d.signals.refusal,
-                    "surprise": d.signals.surprise, "abstained": d.abstain, "reason": d.reason})
+                    "surprise": d.signals.surprise, "score": rule.refusal_score(d.signals) if rule else math.nan,
+                    "abstained": d.abstain, "reason": d.reason})
     for i, (data, _, stop) in zip(todo, answers, strict=True):
         text = data.decode("utf-8", "replace")
         out[i].update(abstained=decisions[i].abstained(text), answer_bytes=len(data), stop=stop,
@@ -153,7 +154,8 @@ def summarise(results: list[dict]) -> dict:
         "stories_ending_on_their_own": rate([r["stop"] == "stop" for r in stories]),
         "story_bytes_median": float(np.median([r["answer_bytes"] for r in stories])) if stories else None,
         "name_follow_ups_right": rate(names),
-        "auroc": {s: auroc([r[s] for r in unanswerable], [r[s] for r in answerable]) for s in ("refusal", "surprise")},
+        "auroc": {s: auroc([r[s] for r in unanswerable], [r[s] for r in answerable])
+                  for s in ("refusal", "surprise", "score")},
     }
 
 
@@ -185,7 +187,8 @@ def measure_model(name: str, chat_dir: Path, base_dir: Path, data: Path, threads
         "weights": "packed trits" if cfg["packed"] else cfg["weights_dtype"],
         "rule": None if rule is None else {"refusal_threshold": rule.refusal_threshold,
                                            "surprise_threshold": rule.surprise_threshold, "alpha": rule.alpha,
-                                           "calibration": rule.record.get("calibration")},
+                                           "calibration": rule.record.get("calibration"),
+                                           "detector": None if rule.detector is None else rule.detector.record},
         **summarise(results),
         "reply_bpb": {"chat": chat_bpb, "base": base_bpb, "ratio": chat_bpb["bpb"] / base_bpb["bpb"]},
         "script": script, "prompts": len(rows), "score_engine": score_engine, "seconds": round(time.time() - t0, 1),
@@ -204,8 +207,9 @@ def markdown(result: dict) -> str:
              f"chat sampling, seed per prompt). Refusal rates, Wilson 95 % intervals. {result['machine']}.", ""]
     for r in rows:
         rule = r["rule"]
+        score = "P(refusal)" if rule is None or rule.get("detector") is None else "detector log-odds"
         how = ("greedy decision (no rule)" if rule is None else
-               f"P(refusal) > {rule['refusal_threshold']:.3f} or surprise > {rule['surprise_threshold']:.2f} "
+               f"{score} > {rule['refusal_threshold']:.3f} or surprise > {rule['surprise_threshold']:.2f} "
                f"bits/byte (alpha {rule['alpha']})")
         lines += [f"**`{r['name']}`** ({r['weights']}; {how})", "",
                   "| kind (should be) | alone | after a story | after a refusal | after small talk | in conversation |",
@@ -221,7 +225,7 @@ def markdown(result: dict) -> str:
                   f"character names right: {pct(r['name_follow_ups_right'])}. Reply bpb, chat / base: "
                   f"{b['chat']['bpb']:.3f} / {b['base']['bpb']:.3f} ({100 * (b['ratio'] - 1):+.1f} %). "
                   f"AUROC, unanswerable vs answerable: refusal probability {r['auroc']['refusal']:.3f}, "
-                  f"surprise {r['auroc']['surprise']:.3f}.", ""]
+                  f"surprise {r['auroc']['surprise']:.3f}, the rule's refusal score {r['auroc']['score']:.3f}.", ""]
     return "\n".join(lines) + "\n"
 
 

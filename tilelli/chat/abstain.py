@@ -41,10 +41,11 @@ from typing import Any
 
 import numpy as np
 
+from tilelli.chat.detector import Detector, features
 from tilelli.chat.template import ASSISTANT, END_BYTE, REFUSAL, REFUSAL_UNREADABLE, USER, is_refusal
 from tilelli.errors import TilelliError
 from tilelli.infer.generate import SamplingConfig
-from tilelli.infer.score import continuation_logprobs, continuation_scores
+from tilelli.infer.score import chosen_logprobs, continuation_logprobs, continuation_predictions
 
 RULE_FILE = "abstain.json"
 PEAK_WINDOW = 32  # bytes: a local surprise (a question at the end of a story) is not diluted
@@ -60,6 +61,7 @@ class Signals:
     refusal: float  # P(the reply opens with the refusal sentence OPENING)
     surprise: float  # peak PEAK_WINDOW-byte mean bits per byte of the last user text
     likelier: str = "fact"  # the refusal the model would go on with after OPENING
+    features: tuple[float, ...] = field(default=(), repr=False)  # what a rule's detector reads
 
 
 def peak_bits_per_byte(logprobs: np.ndarray, window: int = PEAK_WINDOW) -> float:
@@ -82,14 +84,17 @@ def measure(decoder: Any, prompts: Sequence[bytes], batch_size: int = 16) -> lis
     opening = OPENING.encode("utf-8")
     longest = max(len(text.encode("utf-8")) for text in REASONS.values()) + 1
     fits = [i for i, p in enumerate(prompts) if len(p) + longest - 1 <= decoder.max_seq_len]
-    scores = continuation_scores(decoder, [prompts[i][:starts[i]] for i in fits],
-                                 [prompts[i][starts[i]:] + opening for i in fits], batch_size)
+    continuations = {i: prompts[i][starts[i]:] + opening for i in fits}
+    predictions = continuation_predictions(decoder, [prompts[i][:starts[i]] for i in fits],
+                                           list(continuations.values()), batch_size)
     out = [Signals(math.nan, math.nan)] * len(prompts)
-    for i, (lp, after) in zip(fits, scores, strict=True):
+    for i, rows in zip(fits, predictions, strict=True):  # rows (len(continuation) + 1, V)
+        lp = chosen_logprobs(rows, continuations[i])
         n_text = len(prompts[i]) - starts[i] - 1  # the user's text, without the ASSISTANT marker
-        goes_on = {r: after[REASONS[r].encode("utf-8")[len(opening)]] for r in REASONS}
-        out[i] = Signals(float(math.exp(lp[n_text + 1:].sum())), peak_bits_per_byte(lp[:n_text]),
-                         max(goes_on, key=goes_on.get))
+        goes_on = {r: rows[-1][REASONS[r].encode("utf-8")[len(opening)]] for r in REASONS}
+        refusal, surprise = float(math.exp(lp[n_text + 1:].sum())), peak_bits_per_byte(lp[:n_text])
+        out[i] = Signals(refusal, surprise, max(goes_on, key=goes_on.get),
+                         features(rows[n_text + 1], rows[:max(n_text, 1)], refusal, surprise))
     return out
 
 
@@ -126,35 +131,45 @@ class Decision:
 
 @dataclass(frozen=True)
 class AbstainRule:
-    refusal_threshold: float
+    refusal_threshold: float  # on the refusal score: the detector's log-odds, or P(refusal) without one
     surprise_threshold: float = math.inf  # bits per byte; inf = the refusal alone decides
     alpha: float | None = None  # the calibration's bound on false refusals, when calibrated
     record: dict[str, Any] = field(default_factory=dict)  # how it was calibrated
+    detector: Detector | None = None
 
     def __post_init__(self) -> None:
-        if not 0 <= self.refusal_threshold <= 1:
+        if self.detector is None and not 0 <= self.refusal_threshold <= 1:
             raise TilelliError(f"refusal threshold {self.refusal_threshold} must be in [0, 1]")
+        if not math.isfinite(self.refusal_threshold):
+            raise TilelliError(f"refusal threshold {self.refusal_threshold} must be a finite number")
         if not self.surprise_threshold > 0:
             raise TilelliError(f"surprise threshold {self.surprise_threshold} must be > 0 bits per byte")
 
+    def refusal_score(self, s: Signals) -> float:
+        """How strongly the prompt calls for a refusal (nan when it could not be measured)."""
+        return self.detector.score(s.features) if self.detector is not None else s.refusal
+
     def decide(self, s: Signals) -> Decision:
         """nan signals (a prompt too long to score) never abstain."""
-        if s.refusal > self.refusal_threshold:
+        if self.refusal_score(s) > self.refusal_threshold:
             return Decision(True, s.likelier, s)
         if s.surprise > self.surprise_threshold:
             return Decision(True, "unreadable", s)
         return Decision(False, None, s)
 
     @classmethod
-    def calibrate(cls, signals: Sequence[Signals], alpha: float, record: dict[str, Any]) -> AbstainRule:
+    def calibrate(cls, signals: Sequence[Signals], alpha: float, record: dict[str, Any],
+                  detector: Detector | None = None) -> AbstainRule:
         """Each threshold at alpha / 2 over answerable prompts: false refusals <= alpha in all."""
-        return cls(conformal_threshold([s.refusal for s in signals], alpha / 2),
-                   conformal_threshold([s.surprise for s in signals], alpha / 2), alpha, record)
+        unfitted = cls(0.0, detector=detector)
+        return cls(conformal_threshold([unfitted.refusal_score(s) for s in signals], alpha / 2),
+                   conformal_threshold([s.surprise for s in signals], alpha / 2), alpha, record, detector)
 
     def save(self, checkpoint_dir: Path) -> Path:
         path = Path(checkpoint_dir) / RULE_FILE
         d = asdict(self)
         d["surprise_threshold"] = d["surprise_threshold"] if math.isfinite(self.surprise_threshold) else None
+        d["detector"] = None if self.detector is None else self.detector.to_dict()
         path.write_text(json.dumps(d, indent=1) + "\n")
         return path
 
@@ -168,8 +183,9 @@ class AbstainRule:
             d = json.loads(path.read_text())
             refusal = d["refusal_threshold"] if "refusal_threshold" in d else d["threshold"]  # (rules before v2)
             surprise = d.get("surprise_threshold")
+            detector = Detector.from_dict(d["detector"]) if d.get("detector") else None
             return cls(float(refusal), math.inf if surprise is None else float(surprise),
-                       d.get("alpha"), d.get("record", {}))
+                       d.get("alpha"), d.get("record", {}), detector)
         except (ValueError, KeyError, TypeError) as e:
             raise TilelliError(f"{path} is not a valid abstain rule ({e}); rerun `tilelli calibrate`") from None
 

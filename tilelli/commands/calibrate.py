@@ -1,6 +1,9 @@
 """`tilelli calibrate`: the abstain rule of a chat checkpoint, calibrated on answerable prompts.
 
-Measures both signals of the rule (refusal probability and surprise; tilelli.chat.abstain) on
+First fits the rule's refusal detector (tilelli.chat.detector) on `--detector-prompts` turns of
+the chat set's own training stream (`train.bin`: the turns the model was fine-tuned on, labelled
+by whether their reply was a refusal). Then measures both scores of the rule (the detector's
+log-odds and the surprise; tilelli.chat.abstain) on
 every prompt of `eval/calibration.jsonl` (from `tilelli prepare-chat`: story requests and small
 talk in phrasings never trained on, alone and as third turns; disjoint from the evaluation
 sets), as a session would build it, and stores the split-conformal thresholds for a bound
@@ -18,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tilelli.commands.options import add_engine_arguments
+from tilelli.commands.options import add_engine_arguments, int_range
 from tilelli.errors import TilelliError
 
 
@@ -36,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--alpha", type=alpha_value, default=0.03,
         help="bound on the false-refusal rate of answerable prompts (story requests, small talk); "
              "split evenly between the two thresholds (default 0.03)")
+    add("--detector-prompts", type=int_range(0, 100_000), default=3000, metavar="N",
+        help="training turns the refusal detector is fitted on (default 3000); 0: no detector, the rule "
+             "thresholds the model's probability of the refusal itself")
     add("--out", type=Path, default=None, help="write the rule here instead of beside the checkpoint")
     add_engine_arguments(parser)
 
@@ -60,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
     out_dir = args.out or path
     if not out_dir.is_dir():
         raise TilelliError(f"--out {out_dir} is not a directory")
+    train = args.data / "train.bin"
+    if args.detector_prompts and not train.is_file():
+        raise TilelliError(f"{train} does not exist; the detector is fitted on the chat set's training turns "
+                           "(or pass --detector-prompts 0)")
     rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     from tilelli.chat.abstain import AbstainRule
@@ -67,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from tilelli.train.trainer import git_state
 
     decoder = load_decoder(path, args.engine, args.threads)
+    detector = fit_detector(decoder, train, args.detector_prompts) if args.detector_prompts else None
     signals = row_signals(decoder, rows)
     kinds = sorted({r.get("kind", "request") for r in rows})
     record = {"command": " ".join(["tilelli", *sys.argv[1:]]), "checkpoint": path.name,
@@ -74,11 +85,29 @@ def run(args: argparse.Namespace) -> int:
                               "prompts": len(rows), "kinds": {k: sum(r.get("kind", "request") == k for r in rows)
                                                               for k in kinds}},
               "git": git_state(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    rule = AbstainRule.calibrate(signals, args.alpha, record)
+    rule = AbstainRule.calibrate(signals, args.alpha, record, detector)
     refused = sum(rule.decide(s).abstain for s in signals)
     record["calibration"]["refused_at_thresholds"] = refused
     written = rule.save(out_dir)
-    print(f"abstain when P(refusal) > {rule.refusal_threshold:.4f} or surprise > {rule.surprise_threshold:.3f} "
+    score = "P(refusal)" if detector is None else "the detector's log-odds"
+    print(f"abstain when {score} > {rule.refusal_threshold:.4f} or surprise > {rule.surprise_threshold:.3f} "
           f"bits/byte (alpha {args.alpha}, {args.alpha / 2:g} each: {refused} of {len(rows)} calibration "
           f"prompts refused) -> {written}")
     return 0
+
+
+def fit_detector(decoder: Any, train: Path, n: int) -> Any:
+    """The refusal detector, fitted on n turns of the training stream `train`."""
+    import numpy as np
+
+    from tilelli.chat.detector import Detector, training_turns
+
+    turns = training_turns(train.read_bytes(), n)
+    signals = row_signals(decoder, [{"history": h, "prompt": t} for h, t, _ in turns])
+    keep = [i for i, s in enumerate(signals) if s.features]  # prompts too long to score are left out
+    x = np.array([signals[i].features for i in keep])
+    refused = np.array([turns[i][2] for i in keep])
+    detector = Detector.fit(x, refused, {"file": train.name, "sha256": hashlib.sha256(train.read_bytes()).hexdigest()})
+    print(f"detector: {len(keep)} training turns ({int(refused.sum())} refused), cross-validated AUROC "
+          f"{detector.record['cv_auroc']:.4f}", file=sys.stderr)
+    return detector

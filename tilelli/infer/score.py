@@ -17,6 +17,21 @@ from tilelli.errors import TilelliError
 from tilelli.infer.generate import softmax
 
 
+def continuation_predictions(decoder: Any, contexts: Sequence[bytes], continuations: Sequence[bytes],
+                             batch_size: int = 8) -> list[np.ndarray]:
+    """For each pair, the model's next-byte probabilities at every continuation byte and after
+    the last one: a (len(continuation) + 1, V) array whose row j predicts continuation[j] and
+    whose last row is what the model would write next. The continuation is fed whole, so a
+    pair needs len(context) + len(continuation) positions."""
+    return _teacher_forced(decoder, contexts, continuations, batch_size, feed_last=True)
+
+
+def chosen_logprobs(rows: np.ndarray, continuation: bytes) -> np.ndarray:
+    """log P(continuation[j]) from prediction rows (row j predicts byte j)."""
+    p = rows[np.arange(len(continuation)), np.frombuffer(continuation, dtype=np.uint8)]
+    return np.log(np.maximum(p, 1e-300))
+
+
 def continuation_logprobs(decoder: Any, contexts: Sequence[bytes], continuations: Sequence[bytes],
                           batch_size: int = 8) -> list[np.ndarray]:
     """For each pair, the natural-log probability of every continuation byte given the context
@@ -25,21 +40,14 @@ def continuation_logprobs(decoder: Any, contexts: Sequence[bytes], continuations
     The last continuation byte is predicted but never fed, so a pair needs
     len(context) + len(continuation) - 1 positions; longer pairs are a clear error.
     """
-    return [lp for lp, _ in _teacher_forced(decoder, contexts, continuations, batch_size, feed_last=False)]
-
-
-def continuation_scores(decoder: Any, contexts: Sequence[bytes], continuations: Sequence[bytes],
-                        batch_size: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
-    """`continuation_logprobs`, and the (V,) next-byte probabilities after the whole
-    continuation (what the model would write next): it is fed whole, so a pair needs
-    len(context) + len(continuation) positions."""
-    return _teacher_forced(decoder, contexts, continuations, batch_size, feed_last=True)
+    rows = _teacher_forced(decoder, contexts, continuations, batch_size, feed_last=False)
+    return [chosen_logprobs(r, k) for r, k in zip(rows, continuations, strict=True)]
 
 
 def _teacher_forced(decoder: Any, contexts: Sequence[bytes], continuations: Sequence[bytes], batch_size: int,
-                    feed_last: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:
+                    feed_last: bool) -> list[np.ndarray]:
     """One forward pass per batch; pairs of similar length are batched together (less padding
-    on the PyTorch path), the results come back in the given order."""
+    on the PyTorch path), the prediction rows come back in the given order."""
     if len(contexts) != len(continuations):
         raise ValueError("one continuation per context")
     for c, k in zip(contexts, continuations, strict=True):
@@ -49,7 +57,7 @@ def _teacher_forced(decoder: Any, contexts: Sequence[bytes], continuations: Sequ
             raise TilelliError(f"context + continuation is {len(c) + len(k)} bytes; the model's context is "
                                f"{decoder.max_seq_len}")
     order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]) + len(continuations[i]))
-    out: list[tuple[np.ndarray, np.ndarray | None]] = [None] * len(contexts)  # type: ignore[list-item]
+    out: list[np.ndarray] = [None] * len(contexts)  # type: ignore[list-item]
     for first in range(0, len(order), batch_size):
         idx = order[first:first + batch_size]
         chunks = [contexts[i] + (continuations[i] if feed_last else continuations[i][:-1]) for i in idx]
@@ -57,9 +65,6 @@ def _teacher_forced(decoder: Any, contexts: Sequence[bytes], continuations: Sequ
         logits = decoder.forward(seqs, chunks, all_logits=True)  # (sum of chunk lengths, V)
         at = 0
         for i, chunk in zip(idx, chunks, strict=True):
-            c, k = contexts[i], continuations[i]
-            rows = softmax(logits[at + len(c) - 1 : at + len(chunk)])  # predictions of k[0], ..., (after k[-1])
-            p = rows[np.arange(len(k)), np.frombuffer(k, dtype=np.uint8)]
-            out[i] = (np.log(np.maximum(p, 1e-300)), rows[len(k)] if feed_last else None)
+            out[i] = softmax(logits[at + len(contexts[i]) - 1 : at + len(chunk)])  # predictions of k[0], ...
             at += len(chunk)
     return out
