@@ -1,5 +1,6 @@
 """The README's headline table: each shipped base model and its chat model in one row, every
-number read from a study's JSON record, every column linked to its full results.
+number read from a study's JSON record, every column linked to its full results; and the
+default chat model's sample conversation, read from the chat study's record.
 
 The README holds no other result: this is what keeps each of its numbers tied to a record that a
 check script re-measures (quality: studies.quality.check_quality; decoding:
@@ -19,6 +20,8 @@ from studies.common import README, ROOT, block_with
 from tilelli.model.checkpoint_files import CHAT_PREFIX, DEFAULT_MODEL
 
 MARKERS = ("<!-- headline:start (python -m studies.headline writes this block) -->", "<!-- headline:end -->")
+CONVERSATION_MARKERS = ("<!-- conversation:start (python -m studies.headline writes this block) -->",
+                        "<!-- conversation:end -->")
 RECORDS = {"quality": "studies/quality/results/quality.json", "decode": "studies/speed/results/decode_speed.json",
            "chat": "studies/chat/results/chat.json"}
 
@@ -39,11 +42,11 @@ def table(quality: dict, decode: dict, chat: dict) -> str:
         stored = (f"trits, {row['bits_per_weight']:.2f} bits/weight" if row["weights"] == "packed trits"
                   else row["weights"]) + f", {row['checkpoint_kb']:,} KB"
         speed = decode["models"][name]
-        c = chats[chat_name(name)]
+        c = chats[chat_name(name)]["refused"]
         lines.append(f"| `{name}`{' (default)' if name == DEFAULT_MODEL else ''} | {stored} | "
                      f"{v['bpb']:.3f} ({v['ci'][0]:.3f}–{v['ci'][1]:.3f}) | {speed['fast_b1']:,.0f} bytes/s, "
-                     f"{speed['fast_b1_vs_reference']:.1f}x a PyTorch GPT | {c['facts_refused']['all']['rate']:.1%} | "
-                     f"{c['requests_refused']['all']['rate']:.1%} |")
+                     f"{speed['fast_b1_vs_reference']:.1f}x a PyTorch GPT | {c['fact']['single']['rate']:.1%} | "
+                     f"{c['request']['single']['rate']:.1%} |")
     return "\n".join(lines) + "\n"
 
 
@@ -52,18 +55,35 @@ def rendered() -> str:
     return table(records["quality"], records["decode"], records["chat"])
 
 
+def conversation() -> str:
+    """The default chat model's scripted conversation (the chat study's `script`), as a quote."""
+    chat = json.loads((ROOT / RECORDS["chat"]).read_text())
+    model = next(m for m in chat["models"] if m["name"] == chat_name(DEFAULT_MODEL))
+    lines = []
+    for turn in model["script"]:
+        mark = f" *(abstained: {turn['reason'] or 'refusal'})*" if turn["abstained"] else ""
+        reply = turn["reply"].strip().replace("\n", " ")
+        lines.append(f"> **you:** {turn['prompt']}  \n> **tilelli:** {reply}{mark}\n>")
+    return "\n".join(lines)[:-2] + "\n"
+
+
+def with_records(readme: str) -> str:
+    """The README with both blocks as the records give them."""
+    return block_with(conversation(), block_with(rendered(), readme, MARKERS), CONVERSATION_MARKERS)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 when they differ")
     args = ap.parse_args()
     readme = README.read_text()
-    want = block_with(rendered(), readme, MARKERS)
+    want = with_records(readme)
     if args.check:
         if readme != want:
-            print("FAIL the README's headline table is not what the records give: run python -m studies.headline",
-                  file=sys.stderr)
+            print("FAIL the README's headline table or sample conversation is not what the records give: "
+                  "run python -m studies.headline", file=sys.stderr)
             return 1
-        print("ok   the README's headline table is what the records give")
+        print("ok   the README's headline table and sample conversation are what the records give")
         return 0
     README.write_text(want)
     return 0

@@ -10,7 +10,7 @@ import json
 from studies import headline
 from studies.base_models import analyse as base_models
 from studies.checker import Checker
-from studies.common import DOCS, README, block_with
+from studies.common import DOCS, README
 
 
 def test_base_models_page_is_what_the_run_records_give():
@@ -36,4 +36,4 @@ def test_an_edited_number_or_a_missing_key_fails_the_recheck():
 
 def test_readme_headline_is_what_the_records_give():
     readme = README.read_text()
-    assert readme == block_with(headline.rendered(), readme, headline.MARKERS)
+    assert readme == headline.with_records(readme)

@@ -116,15 +116,17 @@ def test_shipped_chat_model_records_its_fine_tuning(chat_name):
 
 def chat(*args: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TILELLI_CHAT_CHECKPOINT"}
-    proc = subprocess.run([sys.executable, "-m", "tilelli", "chat", *args, "--json", "--temperature", "0"],
+    proc = subprocess.run([sys.executable, "-m", "tilelli", "chat", *args, "--json"],
                           capture_output=True, text=True, env=env, timeout=300, cwd=Path.home())
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
 
 def test_default_chat_tells_a_story_and_refuses_a_world_fact():
-    """The issue's promise, with the default (packed ternary) chat model and greedy replies."""
-    story = chat("--prompt", "Tell me a story about a cat", "--max-new-tokens", "200")
+    """The issue's promise, with the default (packed ternary) chat model: a story with the chat's
+    default sampling (seeded; greedy, this model answers "I can tell you a story?": docs/chat.md),
+    a refusal greedy."""
+    story = chat("--prompt", "Tell me a story about a cat", "--max-new-tokens", "200", "--seed", "0")
     assert not story["abstained"] and len(story["reply"]) > 100 and story["abstain_probability"] < 0.5
-    fact = chat("--prompt", "What is the capital of Peru?")
+    fact = chat("--prompt", "What is the capital of Peru?", "--temperature", "0")
     assert fact["abstained"] and fact["stop_reason"] == "stop" and fact["abstain_probability"] > 0.5

@@ -9,13 +9,14 @@ Tolerances: each model's thresholds, re-calibrated (over the shipped refusal det
 instruction sets). Exactly: the data hashes, the held-out sizes, zero answers quoting a refusal
 and zero invalid UTF-8, and the scripted conversations' replies (same CPU class);
 docs/results/chat.md must equal what chat.json renders to. Targets (on the published numbers
-and on the re-measured ones):
+and on the re-measured ones; reported, and failures only with --targets, since the README states
+the measured rates and which targets are not reached):
 facts refused >= 97 %, story requests refused <= 3 %, small talk <= 5 %, each unservable kind
 >= 95 %, every conversation rate within 3 points of its single-turn rate, for the default
 (ternary) model. Exits 1 and names every number that does not reproduce or target that is not
 met. About 10 minutes per model on 2 CPU cores.
 
-    python -m studies.chat.check [--model NAME]
+    python -m studies.chat.check [--model NAME] [--targets]
 """
 
 from __future__ import annotations
@@ -40,29 +41,38 @@ TARGETS = {"fact": (">=", 0.97), "request": ("<=", 0.03), "small_talk": ("<=", 0
            "language": (">=", 0.95), "code": (">=", 0.95), "arithmetic": (">=", 0.95)}
 
 
-def targets(checker: Checker, row: dict, label: str) -> None:
-    """The issue-23 targets on one model's rates (single turn, and conversation vs single)."""
+def targets(checker: Checker, row: dict, label: str, gate: bool) -> None:
+    """The issue-23 targets on one model's rates (single turn, and conversation vs single): a line
+    each, met or not reached; failures of the check only with `gate` (--targets), since the README
+    claims the measured rates, not the targets."""
+    def target(what: str, met: bool) -> None:
+        if gate:
+            checker.check(what, True, met)
+        else:
+            print(f"{'met' if met else 'NOT REACHED':11} target: {what}")
+
     for kind, (op, bound) in TARGETS.items():
         d = row["refused"][kind]
         single = d["single"]["rate"]
-        met = single >= bound if op == ">=" else single <= bound
-        checker.check(f"{label}: {kind} refused {op} {bound:.0%} (single turn: {single:.3f})", True, met)
+        target(f"{label}: {kind} refused {op} {bound:.0%} (single turn: {single:.3f})",
+               single >= bound if op == ">=" else single <= bound)
         for c in CONTEXTS[1:]:
             if d[c]["n"]:
-                checker.check(f"{label}: {kind} {c} within 3 points of single ({d[c]['rate']:.3f} vs {single:.3f})",
-                              True, abs(d[c]["rate"] - single) <= 0.03 + 1e-9)
+                target(f"{label}: {kind} {c} within 3 points of single ({d[c]['rate']:.3f} vs {single:.3f})",
+                       abs(d[c]["rate"] - single) <= 0.03 + 1e-9)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="re-measure only this model (default: every published one)")
+    ap.add_argument("--targets", action="store_true", help="also fail when an issue-23 target is not met")
     args = ap.parse_args()
     checker = Checker()
     published = json.loads((RESULTS / "chat.json").read_text())
     pubs = [p for p in published["models"] if args.model in (None, p["name"])]
     for pub in pubs:
         if pub["name"] == DEFAULT:
-            targets(checker, pub, f"{pub['name']} (published)")
+            targets(checker, pub, f"{pub['name']} (published)", args.targets)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "chat"
         meta = build(SHARED, data)
@@ -95,7 +105,7 @@ def main() -> int:
             for s_pub, s_now in zip(pub["script"], now["script"], strict=True):
                 checker.check(f"{name} conversation '{s_pub['prompt'][:24]}' identical", s_pub["reply"], s_now["reply"])
             if name == DEFAULT:
-                targets(checker, now, f"{name} (re-measured)")
+                targets(checker, now, f"{name} (re-measured)", args.targets)
     checker.check("docs/results/chat.md = chat.json", True, (DOCS / "chat.md").read_text() == page_of(published))
     return checker.finish("chat")
 

@@ -159,6 +159,11 @@ def summarise(results: list[dict]) -> dict:
     }
 
 
+def requests_bpb(decoder, requests: list[dict]) -> dict:
+    """Bits per byte of held-out requests' reference stories, each given its request as a chat turn."""
+    return reply_bpb(decoder, [turn(r["prompt"]) for r in requests], [r["reference"].encode() for r in requests])
+
+
 def measure_model(name: str, chat_dir: Path, base_dir: Path, data: Path, threads: int, limit: int = 0,
                   score_engine: str = "torch") -> dict:
     def read(f: str) -> list[dict]:
@@ -174,7 +179,7 @@ def measure_model(name: str, chat_dir: Path, base_dir: Path, data: Path, threads
     results = run_rows(decoder, scorer, rule, rows)
     requests = read("requests")
     references = [r["reference"].encode() for r in requests]
-    chat_bpb = reply_bpb(scorer, [turn(r["prompt"]) for r in requests], references)
+    chat_bpb = requests_bpb(scorer, requests)
     base_bpb = reply_bpb(load_decoder(base_dir, score_engine, threads),
                          [(r["prompt"] + "\n").encode() for r in requests], references)
     session = ChatSession(decoder, replace(CHAT_SAMPLING, seed=0), rule)
@@ -226,6 +231,9 @@ def markdown(result: dict) -> str:
                   f"{b['chat']['bpb']:.3f} / {b['base']['bpb']:.3f} ({100 * (b['ratio'] - 1):+.1f} %). "
                   f"AUROC, unanswerable vs answerable: refusal probability {r['auroc']['refusal']:.3f}, "
                   f"surprise {r['auroc']['surprise']:.3f}, the rule's refusal score {r['auroc']['score']:.3f}.", ""]
+    for name, p in result.get("previous", {}).items():
+        lines.append(f"Reply bpb of the previous `{name}` ({p['checkpoint']}) on the same references: "
+                     f"{p['reply_bpb']['bpb']:.3f} ({p['reply_bpb']['ci'][0]:.3f}–{p['reply_bpb']['ci'][1]:.3f}).")
     return "\n".join(lines) + "\n"
 
 
@@ -257,6 +265,9 @@ def main() -> None:
     add_output_args(ap, RESULTS)
     ap.add_argument("--limit", type=int, default=0,
                     help="only N prompts of each set, spread over it: a quick look, never for publishing")
+    ap.add_argument("--previous", action="append", default=[], metavar="NAME=CHAT_DIR",
+                    help="also the reply bpb of an earlier chat checkpoint on the same references (repeatable): "
+                         "the 'no worse than before' comparison")
     ap.add_argument("--keep", action="store_true",
                     help="keep the rows of chat.json for the models not measured now (measure one model at a time)")
     args = ap.parse_args()
@@ -275,15 +286,20 @@ def main() -> None:
         for n, c, b in models:
             rows.append(measure_model(n, c, b, Path(tmp) / "chat", args.threads, args.limit, args.score_engine))
             print(f"{n}: {rows[-1]['seconds']} s", file=sys.stderr, flush=True)
+        requests = [json.loads(line) for line in (Path(tmp) / "chat" / "eval" / "requests.jsonl").open()]
+        previous = {name: {"checkpoint": d, "reply_bpb": requests_bpb(load_decoder(d, args.score_engine, args.threads),
+                                                                      requests)}
+                    for name, _, d in (spec.partition("=") for spec in args.previous)}
     if args.keep and (args.out / "chat.json").is_file():
         kept = json.loads((args.out / "chat.json").read_text())
         if kept["data"]["train_sha256"] != meta["train"]["sha256"] or kept.get("limit") != args.limit:
             sys.exit("error: --keep: chat.json was measured on another chat set or --limit; measure every model")
         new = {r["name"]: r for r in rows}
         rows = [new.pop(r["name"], r) for r in kept["models"]] + list(new.values())
+        previous = {**kept.get("previous", {}), **previous}
     result = {"machine": f"{cpu_name()}, {os.cpu_count()} CPUs", "limit": args.limit,
               "data": {"train_sha256": meta["train"]["sha256"], "valid_sha256": meta["valid"]["sha256"],
-                       "held_out": meta["held_out"]}, "models": rows}
+                       "held_out": meta["held_out"]}, "models": rows, "previous": previous}
     page = page_of(result)
     publish(args, "chat", result, page)
     print(page)
