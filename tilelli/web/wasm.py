@@ -2,8 +2,8 @@
 a main), with Debian's clang and WASI libc; built on first use into the kernel cache, never at
 import, like every native part (`tilelli.kernels.build.built`).
 
-`-msimd128` lets clang vectorise the engine's portable loops (`-fopenmp-simd` honours its `omp
-simd` pragmas); one thread, no OpenMP runtime. The module imports three WASI calls that the
+The engine's AVX2 paths run on SIMD128 (avx2_on_wasm.h); `-fopenmp-simd` lets clang vectorise
+its `omp simd` loops too; one thread, no OpenMP runtime. The module imports three WASI calls that the
 worker stubs: it reads no files and writes nothing.
 """
 
@@ -30,7 +30,8 @@ def build_wasm() -> Path:
     if not SYSROOT.is_dir():
         raise TilelliError(missing)
     try:
-        return built("engine", [Path(__file__).with_name("wasm.c"), *ENGINE_PARTS], [COMPILER, *FLAGS], ".wasm",
+        here = Path(__file__).parent
+        return built("engine", [here / "wasm.c", here / "avx2_on_wasm.h", *ENGINE_PARTS], [COMPILER, *FLAGS], ".wasm",
                      ["-lm"])
     except FileNotFoundError:
         raise TilelliError(missing) from None
