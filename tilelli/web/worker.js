@@ -27,7 +27,8 @@ function cString(ptr) {
 
 async function load() {
   const [module, model] = await Promise.all([
-    WebAssembly.instantiateStreaming(fetch("engine.wasm"), { wasi_snapshot_preview1: wasi }),
+    // not instantiateStreaming: that needs the server to say application/wasm, and any server should do
+    fetch("engine.wasm").then((r) => r.arrayBuffer()).then((b) => WebAssembly.instantiate(b, { wasi_snapshot_preview1: wasi })),
     fetch("model.tlm").then((r) => r.arrayBuffer()),
   ]);
   wasm = module.instance.exports;
