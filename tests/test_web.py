@@ -15,7 +15,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from exported import PROMPT, SHIPPED, chat_reply, export, generated, tiny_checkpoint
+from exported import PROMPT, SHIPPED, chat_reply, detector_rule, export, generated, tiny_checkpoint
 from test_serve_browser import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401  (the browser fixture)
 
 from tilelli.chat.abstain import AbstainRule
@@ -95,6 +95,23 @@ def test_chat_is_tilelli_chats(browser, tmp_path, surprise):  # noqa: F811
                       text)
     reply, abstained = chat_reply(ckpt, rule, text)
     assert (got["reply"], got["abstained"]) == (reply, abstained)
+
+
+@needs_browser
+@pytest.mark.parametrize("answers", [True, False], ids=["answers", "abstains"])
+def test_chat_with_a_refusal_detector_is_tilelli_chats(browser, tmp_path, answers):  # noqa: F811
+    """The detector's log-odds decide in the page as in Python, 1e-6 either side of the threshold."""
+    text = "Tell me a story about a cat."
+    ckpt = tiny_checkpoint(tmp_path, "ternary", AbstainRule(0.5))
+    detector_rule(ckpt, text, answers)[0].save(ckpt)
+    rule = AbstainRule.load(ckpt)
+    site = export(ckpt, tmp_path / "site", "web")
+    with static_server(site) as (url, _):
+        browser.get(url + "/")
+        got = in_page(browser, "tilelli.chat([{role: 'user', content: args[0]}], {temperature: 0, maxTokens: 40})",
+                      text)
+    assert (got["reply"], got["abstained"]) == chat_reply(ckpt, rule, text)
+    assert got["abstained"] == (not answers)
 
 
 def test_missing_clang_is_one_line_naming_the_packages(tmp_path, monkeypatch, capsys):

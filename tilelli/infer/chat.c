@@ -1,7 +1,8 @@
 /* A chat without Python: the template (tilelli/chat/template.py), history trimming
  * (tilelli/chat/session.py `conversation_prompt`) and the abstain decision
- * (tilelli/chat/abstain.py `measure`, `AbstainRule.decide`, `answer_sampling`), so the runner
- * and the browser refuse and answer exactly where `tilelli chat` does.
+ * (tilelli/chat/abstain.py `measure`, `AbstainRule.decide`, `answer_sampling`; with a refusal
+ * detector, tilelli/chat/detector.py `features` and `Detector.score`), so the runner and the
+ * browser refuse and answer exactly where `tilelli chat` does.
  *
  * A reply is a stream either way: `chat_begin` decides, then `gen_next` gives the answer's bytes,
  * or the bytes of the refusal when the rule abstains. A unity-build part: included after
@@ -12,6 +13,7 @@
 #define ASSISTANT 0xFD
 #define END 0xFF
 #define PEAK_WINDOW 32
+#define DETECTOR_FLOOR 1e-6  /* tilelli/chat/detector.py FLOOR */
 
 static const char *const REFUSALS[2] = {"I can't answer that. Facts like that are beyond a 10M model.",
                                         "I can't answer that. I only understand simple English."};
@@ -25,7 +27,7 @@ typedef struct {
 
 typedef struct {
     tl_ctx *ctx;
-    tl_settings rule;  /* has_rule, the thresholds */
+    tl_settings rule;  /* has_rule, the thresholds, the refusal detector */
     tl_turn *turns;
     int64_t n_turns;
     tl_gen gen;
@@ -70,19 +72,46 @@ static void chat_reset(tl_chat *c) {
     c->n_turns = 0;
 }
 
-/* The signals of `measure` for a prompt ending USER text ASSISTANT: P(the reply opens with
- * OPENING), the peak PEAK_WINDOW-byte mean bits/byte of the text, and which refusal the model
- * would go on with (0 fact, 1 unreadable). NaN when the prompt and a refusal do not fit. */
-static int measure(tl_ctx *ctx, const uint8_t *prompt, int64_t n, int64_t start, double *refusal,
-                   double *surprise, int *likelier) {
+/* log(max(p, DETECTOR_FLOOR)) of 256 probabilities, added to (add) or written over out. */
+static void floored_logs(const double *p, double *out, int add) {
+    for (int b = 0; b < 256; ++b) {
+        const double v = log(p[b] > DETECTOR_FLOOR ? p[b] : DETECTOR_FLOOR);
+        out[b] = add ? out[b] + v : v;
+    }
+}
+
+/* The refusal detector's log-odds (tilelli/chat/detector.py `features`, `Detector.score`): its
+ * weights . (floored log probabilities of the reply's first byte, their mean over the user text's
+ * predictions, log P(refusal), surprise) + its bias. */
+static double detector_score(const tl_settings *rule, const double *first, const double *text_sum, int64_t n_rows,
+                             double refusal, double surprise) {
+    double x[2 * 256 + 2], score = 0.0;
+    for (int b = 0; b < 256; ++b) {
+        x[b] = first[b];
+        x[256 + b] = text_sum[b] / (double)n_rows;
+    }
+    x[512] = log(refusal > 1e-30 ? refusal : 1e-30);
+    x[513] = surprise;
+    for (int64_t i = 0; i < rule->n_detector; ++i) score += read_f64(rule->detector + 8 * i) * x[i];
+    return score + rule->detector_bias;
+}
+
+/* The signals of `measure` for a prompt ending USER text ASSISTANT: the rule's refusal score
+ * (its detector's log-odds, or without one P(the reply opens with OPENING)), the peak
+ * PEAK_WINDOW-byte mean bits/byte of the text, and which refusal the model would go on with
+ * (0 fact, 1 unreadable). NaN when the prompt and a refusal do not fit. */
+static int measure(tl_ctx *ctx, const tl_settings *rule, const uint8_t *prompt, int64_t n, int64_t start,
+                   double *score, double *surprise, int *likelier) {
     const int64_t open = (int64_t)strlen(OPENING), longest = (int64_t)strlen(REFUSALS[0]) + 1;
-    *refusal = *surprise = NAN;
+    *score = *surprise = NAN;
     *likelier = 0;
     if (n + longest - 1 > ctx->m->max_seq) return 0;
     const int64_t total = n + open, k = total - start, n_text = n - start - 1;
+    const int64_t n_rows = n_text > 1 ? n_text : 1;  /* the rows the detector averages: rows[:max(n_text, 1)] */
     uint8_t *chunk = malloc((size_t)total);
     float *logits = malloc((size_t)total * 256 * sizeof(float));
     double *lp = malloc((size_t)k * sizeof(double));
+    double first[256], text_sum[256];
     tl_seq seq;
     int failed = !chunk || !logits || !lp || seq_alloc(ctx->m, total, &seq);
     if (!failed) {
@@ -95,17 +124,20 @@ static int measure(tl_ctx *ctx, const uint8_t *prompt, int64_t n, int64_t start,
         double p[256], opening = 0.0;
         for (int64_t j = 0; j <= k; ++j) {  /* row start-1+j predicts chunk[start+j]; the last, what follows */
             softmax256(logits + (start - 1 + j) * 256, p);
+            if (rule->n_detector && j < n_rows) floored_logs(p, text_sum, j > 0);
+            if (rule->n_detector && j == n_text + 1) floored_logs(p, first, 0);
             if (j == k) *likelier = p[(uint8_t)REFUSALS[1][open]] > p[(uint8_t)REFUSALS[0][open]];
             else lp[j] = log(p[chunk[start + j]] > 1e-300 ? p[chunk[start + j]] : 1e-300);
         }
         for (int64_t j = n_text + 1; j < k; ++j) opening += lp[j];
-        *refusal = exp(opening);
+        const double refusal = exp(opening);
         const int64_t w = n_text < PEAK_WINDOW ? n_text : PEAK_WINDOW;
         for (int64_t j0 = 0; w > 0 && j0 + w <= n_text; ++j0) {
             double bits = 0.0;
             for (int64_t j = j0; j < j0 + w; ++j) bits -= lp[j] / log(2.0);
             *surprise = isnan(*surprise) || bits / (double)w > *surprise ? bits / (double)w : *surprise;
         }
+        *score = rule->n_detector ? detector_score(rule, first, text_sum, n_rows, refusal, *surprise) : refusal;
     }
     free(chunk);
     free(logits);
@@ -145,10 +177,10 @@ static int chat_begin(tl_chat *c, const uint8_t *text, int64_t len, const tl_sam
     for (int64_t i = 0; i < first; ++i) free(c->turns[i].bytes);  /* the dropped turns are gone for good */
     memmove(c->turns, c->turns + first, (size_t)(c->n_turns - first) * sizeof(tl_turn));
     c->n_turns -= first;
-    double refusal, surprise;
-    int likelier, failed = measure(c->ctx, prompt, n, n - len - 1, &refusal, &surprise, &likelier);
-    if (!failed && c->rule.has_rule && (refusal > c->rule.refusal_threshold || surprise > c->rule.surprise_threshold)) {
-        c->refusal = (const uint8_t *)REFUSALS[refusal > c->rule.refusal_threshold ? likelier : 1];
+    double score, surprise;
+    int likelier, failed = measure(c->ctx, &c->rule, prompt, n, n - len - 1, &score, &surprise, &likelier);
+    if (!failed && c->rule.has_rule && (score > c->rule.refusal_threshold || surprise > c->rule.surprise_threshold)) {
+        c->refusal = (const uint8_t *)REFUSALS[score > c->rule.refusal_threshold ? likelier : 1];
         c->refusal_at = 0;
         c->abstained = 1;
     } else if (!failed) {

@@ -3,30 +3,37 @@
  *
  *   header   "TLLM", uint32 version, int64 config[10] (arch, d, n_layers, vocab, max_seq,
  *            n_heads, d_head, top_k, kernel, hidden), int64 chat, has_rule, max_new_tokens,
- *            double refusal_threshold, surprise_threshold, temperature, top_p, int64 n_tensors
+ *            double refusal_threshold, surprise_threshold, temperature, top_p, int64 n_tensors,
+ *            int64 detector_count (0: no detector, else 2 * vocab + 2), detector_offset,
+ *            double detector_bias
  *   table    n_tensors entries of int64 (kind, rows, cols, per_row, data_offset, data_bytes,
  *            scale_offset, scale_count), in the order of the structs: tok, head, pos, normf_w,
  *            normf_b, then per layer norm1_w, norm1_b, norm2_w, norm2_b, router_w, router_b,
  *            conv_w, qkv, proj, up, down (a tensor the architecture lacks: all zeros)
+ *   detector when it has one, detector_count float64 weights at a multiple of 64 bytes
  *   data     each tensor at a multiple of 64 bytes, little-endian
  *
  * The loader trusts nothing: the magic, the version, every config field's range, every entry's
- * kind and shape against the config, every offset and length against the file size, then
- * tl_check_model. A unity-build part: included after engine.c (runner.c, tilelli/web/wasm.c).
+ * kind and shape against the config, every offset and length against the file size, the
+ * detector's length against the vocabulary and the file, its numbers finite, then tl_check_model. A unity-build part: included after engine.c (runner.c, tilelli/web/wasm.c).
  */
 #include <stdio.h>
 
-#define TLM_VERSION 1
+#define TLM_VERSION 2
 #define TLM_ALIGN 64
-#define TLM_HEADER 152
+#define TLM_HEADER 176
 #define TLM_ENTRY 64
 #define TLM_GLOBALS 5
 #define TLM_PER_LAYER 11
 
-/* What a model's maker chose for its use: the chat template, the abstain rule, sampling defaults. */
+/* What a model's maker chose for its use: the chat template, the abstain rule (with its refusal
+ * detector, or none: n_detector 0), sampling defaults. */
 typedef struct {
     int64_t chat, has_rule, max_new_tokens;
     double refusal_threshold, surprise_threshold, temperature, top_p;
+    int64_t n_detector;          /* 2 * vocab + 2 weights, or 0 */
+    const uint8_t *detector;     /* n_detector little-endian float64 in the file's buffer (read_f64) */
+    double detector_bias;
 } tl_settings;
 
 typedef struct {
@@ -97,10 +104,30 @@ static int tl_load(const uint8_t *buf, int64_t size, tl_loaded *out, char *err, 
     s->surprise_threshold = read_f64(buf + 120);
     s->temperature = read_f64(buf + 128);
     s->top_p = read_f64(buf + 136);
+    s->n_detector = read_i64(buf + 152);
+    const int64_t detector_at = read_i64(buf + 160);
+    s->detector_bias = read_f64(buf + 168);
+    /* with a detector the threshold is on its log-odds (any finite number), without one on P(refusal) */
+    const int threshold_ok = s->n_detector ? isfinite(s->refusal_threshold)
+                                           : s->refusal_threshold >= 0 && s->refusal_threshold <= 1;
     if (!in_range(s->chat, 0, 1) || !in_range(s->has_rule, 0, 1) || !in_range(s->max_new_tokens, 0, big) ||
-        !(s->refusal_threshold >= 0 && s->refusal_threshold <= 1) || !(s->surprise_threshold > 0) ||
+        !threshold_ok || !(s->surprise_threshold > 0) ||
         !(s->temperature >= 0 && s->temperature < INFINITY) || !(s->top_p > 0 && s->top_p <= 1))
         FAIL("the model file's chat settings are out of range (damaged file?)");
+    if (s->n_detector) {
+        if (s->n_detector != 2 * m->vocab + 2 || !s->has_rule)
+            FAIL("the model file's refusal detector has %lld weights, a rule for %lld bytes needs %lld",
+                 (long long)s->n_detector, (long long)m->vocab, (long long)(2 * m->vocab + 2));
+        if (!inside(detector_at, s->n_detector * 8, size, TLM_ALIGN))
+            FAIL("the refusal detector lies outside the file (truncated?)");
+        s->detector = buf + detector_at;
+        for (int64_t i = 0; i < s->n_detector; ++i)
+            if (!isfinite(read_f64(s->detector + 8 * i))) FAIL("the refusal detector's weight %lld is not a number",
+                                                               (long long)i);
+        if (!isfinite(s->detector_bias)) FAIL("the refusal detector's bias is not a number");
+    } else if (detector_at != 0 || s->detector_bias != 0.0) {
+        FAIL("the model file's detector fields are set without a detector (damaged file?)");
+    }
     const int64_t n = read_i64(buf + 144), L = m->n_layers;
     if (n != TLM_GLOBALS + TLM_PER_LAYER * L) FAIL("the model file lists %lld tensors, %lld layers need %lld",
                                                    (long long)n, (long long)L, (long long)(TLM_GLOBALS + TLM_PER_LAYER * L));

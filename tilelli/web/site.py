@@ -3,8 +3,9 @@
 What it writes: index.html, tilelli.js and worker.js (tilelli/web/, as they are), chat.css (the
 `<style>` of the `tilelli serve` page, so both pages share one look and one source), engine.wasm
 (`tilelli.web.wasm`) and model.tlm (`tilelli.infer.model_file`, which carries the chat template
-flag, the abstain rule's thresholds and the sampling defaults). Every file is fetched from the
-page's own origin: opened from any static file server, it makes no other request.
+flag, the abstain rule's thresholds and refusal detector, and the sampling defaults). Every file
+is fetched from the page's own origin: opened from any static file server, it makes no other
+request.
 """
 
 from __future__ import annotations
