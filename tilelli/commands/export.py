@@ -4,6 +4,10 @@ A shipped checkpoint is a directory with the model (`config.json`, `model.safete
 the `run.json` and `metrics.jsonl` of the run it came from, so anyone can see how it was made.
 Ternary models ship as packed trits; FP32 ones may ship in bf16, but only after this command
 has measured that bf16 moves bits per byte on validation data by less than a threshold.
+
+Two more forms need no Python to run (both read the model from one `model.tlm` file,
+`tilelli.infer.model_file`): `--web`, a static site that runs the model in a browser tab
+(`tilelli.web.site`), and `--native`, the standalone runner binary (`tilelli.infer.runner`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     form = parser.add_mutually_exclusive_group()
     form.add_argument("--packed", action="store_true", help="store ternary layers as trits (ternary models)")
     form.add_argument("--bf16", action="store_true", help="store weights in bfloat16 (needs --check-data)")
+    form.add_argument("--web", action="store_true",
+                      help="a static site (index.html, engine.wasm, model.tlm) that chats in the browser tab")
+    form.add_argument("--native", action="store_true",
+                      help="a standalone runner binary (tilelli-run) and its model.tlm, no Python needed")
     parser.add_argument("--check-data", default=None,
                         help="valid data (file or prepared dir) on which --bf16 must keep bpb within --max-change")
     parser.add_argument("--max-change", type=float_range(0.0, lo_open=True), default=0.002,
@@ -71,30 +80,79 @@ def _check_args(args: argparse.Namespace) -> None:
             raise TilelliError(f"--check-data {args.check_data}: no such file or prepared data dir")
 
 
-def _write_shipped(model: Any, source: Path, args: argparse.Namespace, extra: dict[str, Any]) -> None:
-    """Everything --out holds, written into a hidden directory beside it and renamed into place
-    when complete: a failure (a full disk included) leaves no --out, empty or half-written, that
-    a retry would then refuse as existing."""
-    from tilelli.model.checkpoint import save
-
-    with created_dirs(args.out.parent):
-        tmp = args.out.parent / f".{args.out.name}.{os.getpid()}.partial"
+def _write_whole(out: Path, fill: Callable[[Path], None]) -> None:
+    """`fill(tmp)` into a hidden directory beside `out`, renamed to `out` when complete: a failure
+    (a full disk included) leaves no --out, empty or half-written, that a retry would then refuse
+    as existing."""
+    with created_dirs(out.parent):
+        tmp = out.parent / f".{out.name}.{os.getpid()}.partial"
         shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run with our pid: never anyone else's
         tmp.mkdir()
         try:
-            save(model, tmp, extra=extra, packed=args.packed, bf16=args.bf16)
-            run_dir = source.parent.parent  # RUN/checkpoints/step-N
-            for name in ("run.json", "metrics.jsonl"):
-                if (run_dir / name).is_file():
-                    shutil.copy2(run_dir / name, tmp / name)
-            os.rename(tmp, args.out)
+            fill(tmp)
+            os.rename(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
 
+def _write_shipped(model: Any, source: Path, args: argparse.Namespace, extra: dict[str, Any]) -> None:
+    from tilelli.model.checkpoint import save
+
+    def fill(tmp: Path) -> None:
+        save(model, tmp, extra=extra, packed=args.packed, bf16=args.bf16)
+        run_dir = source.parent.parent  # RUN/checkpoints/step-N
+        for name in ("run.json", "metrics.jsonl"):
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, tmp / name)
+
+    _write_whole(args.out, fill)
+
+
+def _export_runnable(args: argparse.Namespace) -> int:
+    """--web or --native: the model file plus the program that reads it (torch-free)."""
+    from tilelli.infer.engine import unsupported
+    from tilelli.infer.model_file import MODEL_FILE, settings_of, write_model_file
+    from tilelli.infer.weights import engine_tensors, read_checkpoint
+
+    source = _source_dir(args)
+    config, weights = read_checkpoint(source)
+    why = unsupported(config)
+    if why:
+        raise TilelliError(f"only the native engine's models export with --{'web' if args.web else 'native'}: {why}")
+    tensors, settings = engine_tensors(config, weights), settings_of(source)
+    if args.web:
+        from tilelli.web.site import write_site
+
+        program = write_site
+    else:
+        from tilelli.infer.runner import RUNNER, build_runner
+
+        runner = build_runner()
+
+        def program(tmp: Path) -> None:
+            shutil.copyfile(runner, tmp / RUNNER)
+            (tmp / RUNNER).chmod(0o755)
+
+    def fill(tmp: Path) -> None:
+        program(tmp)
+        write_model_file(tmp / MODEL_FILE, config, tensors, settings)
+
+    _write_whole(args.out, fill)
+    files = ", ".join(f"{p.name} {p.stat().st_size / 1024:,.0f} KB" for p in sorted(args.out.iterdir()))
+    kind = "chat model" if settings.chat else "text model"
+    print(f"{args.out}: {files} ({kind}, from {source})")
+    if args.web:
+        print(f"serve it with any static file server, e.g. python3 -m http.server -d {args.out}")
+    else:
+        print(f"run it: {args.out / RUNNER} {args.out / MODEL_FILE} --help")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    if args.web or args.native:
+        return _export_runnable(args)
 
     import torch
 

@@ -13,6 +13,7 @@ import sys
 
 from tilelli.commands.options import add_engine_arguments, add_sampling_arguments
 from tilelli.errors import Interrupted, TilelliError
+from tilelli.infer.generate import TEXT_SAMPLING
 from tilelli.limits import utf8
 
 
@@ -22,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or $TILELLI_CHECKPOINT)")
     parser.add_argument("--prompt", help="prompt text; without it the prompt is read from stdin (either must be "
                                          "valid UTF-8: a byte that is not is an error, never replaced)")
-    add_sampling_arguments(parser, max_new_tokens=256, temperature=0.8, top_p=0.95)
+    add_sampling_arguments(parser, max_new_tokens=TEXT_SAMPLING.max_new_tokens, temperature=TEXT_SAMPLING.temperature,
+                           top_p=TEXT_SAMPLING.top_p)
     parser.add_argument("--stop", action="append", default=[],
                         help=r"stop when this text is produced (repeatable; escapes like \n work); it is not printed")
     parser.add_argument("--valid-utf8", action="store_true",

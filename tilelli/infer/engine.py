@@ -24,10 +24,17 @@ from pathlib import Path
 import numpy as np
 
 from tilelli.errors import TilelliError
-from tilelli.infer.weights import KIND_T2, CheckpointTensors, EngineWeight
+from tilelli.infer.weights import (
+    KIND_T2,
+    LAYER_MATRICES,
+    LAYER_VECTORS,
+    CheckpointTensors,
+    EngineWeight,
+    engine_tensors,
+    read_checkpoint,
+)
 from tilelli.kernels.build import MAX_TOP_K, NativeLibrary
 from tilelli.limits import check_threads
-from tilelli.model.checkpoint_files import WEIGHTS_FILE, checkpoint_dir, model_config, read_config, read_weights
 from tilelli.model.config import ModelConfig
 
 _FAILURES = {1: "out of memory", 2: "a byte outside the vocabulary", 3: "a sequence past its context"}  # tl_forward
@@ -40,8 +47,7 @@ class _Weight(ctypes.Structure):
 
 
 class _Layer(ctypes.Structure):
-    _fields_ = [(n, _ptr) for n in ("norm1_w", "norm1_b", "norm2_w", "norm2_b", "router_w", "router_b", "conv_w")]
-    _fields_ += [(n, _Weight) for n in ("qkv", "proj", "up", "down")]
+    _fields_ = [(n, _ptr) for n in LAYER_VECTORS] + [(n, _Weight) for n in LAYER_MATRICES]
 
 
 class _Model(ctypes.Structure):
@@ -139,41 +145,21 @@ class NativeModel:
         self.threads = check_threads(threads) or auto_threads()
         self._lib = (lib or library).get()
         self._keep: list[np.ndarray] = []  # every array the C structs point into
-        q = config.ternary.quantize
-        qkv_q = q and not config.ternary.fp_attention
-        d, hidden, vocab = config.d_model, config.expand * config.d_model, config.vocab_size
+        t = engine_tensors(config, weights)
         layers = (_Layer * config.n_layers)()
         self.weights: list[EngineWeight] = []
-        # every tensor is fetched at the shape the C structs below declare (weights.py checks it)
-        for i, ly in enumerate(layers):
-            p = f"blocks.{i}."
-            if config.arch == "lite":
-                norms = ["norm", None]
-                ly.router_w = self._vec(weights, p + "router.weight", (3, d))
-                ly.router_b = self._vec(weights, p + "router.bias", (3,))
-                conv = weights.matrix(p + "paths.local.0", q, d, config.local_kernel).dense()  # tiny: floats
-                ly.conv_w = self._hold(np.ascontiguousarray(conv, dtype=np.float32))
-                attn, mlp = p + "paths.sparse.0.", p + "paths.dense.0."
-            else:
-                norms = ["ln1", "ln2"]
-                attn, mlp = p + "attn.", p + "mlp."
-            for j, norm in enumerate(norms):
-                if norm:
-                    setattr(ly, f"norm{j + 1}_w", self._vec(weights, p + norm + ".weight", (d,)))
-                    setattr(ly, f"norm{j + 1}_b", self._vec(weights, p + norm + ".bias", (d,)))
-            ly.qkv = self._weight(weights.matrix(attn + "qkv", qkv_q, 3 * d, d))
-            ly.proj = self._weight(weights.matrix(attn + "proj", q, d, d))
-            ly.up = self._weight(weights.matrix(mlp + "up", q, hidden, d))
-            ly.down = self._weight(weights.matrix(mlp + "down", q, d, hidden))
+        for ly, src in zip(layers, t.layers, strict=True):
+            for name in LAYER_VECTORS:
+                a = getattr(src, name)
+                if a is not None:
+                    setattr(ly, name, self._hold(a))
+            for name in LAYER_MATRICES:
+                setattr(ly, name, self._weight(getattr(src, name)))
         self._layers = layers
-        self._model = _Model(0 if config.arch == "lite" else 1, d, config.n_layers, vocab,
+        self._model = _Model(0 if config.arch == "lite" else 1, config.d_model, config.n_layers, config.vocab_size,
                              config.max_seq_len, config.n_heads, config.head_dim, config.top_k, config.local_kernel,
-                             hidden,
-                             self._weight(weights.matrix("tok_emb", q, vocab, d)),
-                             self._weight(weights.matrix("head", q, vocab, d)),
-                             self._vec(weights, "pos_emb", (config.max_seq_len, d)),
-                             self._vec(weights, "norm_f.weight", (d,)), self._vec(weights, "norm_f.bias", (d,)),
-                             layers)
+                             config.expand * config.d_model, self._weight(t.tok), self._weight(t.head),
+                             self._hold(t.pos), self._hold(t.normf_w), self._hold(t.normf_b), layers)
         failed = self._lib.tl_check_model(ctypes.byref(self._model))
         if failed:  # the Python checks above should make this unreachable; the C code checks anyway
             raise TilelliError(f"the native engine refused this model's shapes (check {failed}); re-save the "
@@ -184,12 +170,7 @@ class NativeModel:
     def load(cls, path: str | os.PathLike, threads: int = 0, lib: NativeLibrary | None = None) -> NativeModel:
         """The checkpoint (or run directory) at `path`, read without torch; `lib`: another build
         of engine.c (tests build it for smaller instruction sets)."""
-        ckpt = checkpoint_dir(path)
-        meta, config = read_config(ckpt), model_config(ckpt)
-        tensors, metadata = read_weights(ckpt / WEIGHTS_FILE)
-        t = config.ternary
-        return cls(config, CheckpointTensors(tensors, metadata, meta["packed"], t.quantize, t.per_row, t.lsq), threads,
-                   lib)
+        return cls(*read_checkpoint(path), threads, lib)
 
     # -- building the C structs -----------------------------------------------------------
 
@@ -197,9 +178,6 @@ class NativeModel:
         a = np.require(a, requirements="CA")  # C-contiguous and aligned: a file's bytes may be neither
         self._keep.append(a)
         return _addr(a)
-
-    def _vec(self, weights: CheckpointTensors, name: str, shape: tuple[int, ...]) -> int:
-        return self._hold(weights.vector(name, shape))
 
     def _weight(self, w: EngineWeight) -> _Weight:
         self.weights.append(w)

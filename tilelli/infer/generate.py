@@ -78,6 +78,9 @@ class SamplingConfig:
             raise TilelliError(f"top_logprobs={self.top_logprobs} must be in 0..256 (0 = off)")
 
 
+TEXT_SAMPLING = SamplingConfig(max_new_tokens=256, temperature=0.8, top_p=0.95)  # `tilelli generate`'s defaults
+
+
 @dataclass(frozen=True)
 class GeneratedByte:
     byte: int

@@ -18,16 +18,22 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from tilelli.errors import TilelliError, shown
+from tilelli.model.checkpoint_files import WEIGHTS_FILE, checkpoint_dir, model_config, read_config, read_weights
+from tilelli.model.config import ModelConfig
 from tilelli.model.packing import packed_size, unpack_trits
 from tilelli.model.quantizer import absmean_scale, learned_scale, trits_of
 
 BLOCK = 64  # weights per 2-bit block, BLOCK in engine.c
 KIND_F32, KIND_BF16, KIND_T2 = 0, 1, 2
+# a tl_layer's fields in engine.c's order: float vectors (NULL when absent), then matrices
+LAYER_VECTORS = ("norm1_w", "norm1_b", "norm2_w", "norm2_b", "router_w", "router_b", "conv_w")
+LAYER_MATRICES = ("qkv", "proj", "up", "down")
 
 
 def as_float32(a: np.ndarray) -> np.ndarray:
@@ -167,3 +173,71 @@ class CheckpointTensors:
         kind = KIND_BF16 if w2d.dtype == np.uint16 else KIND_F32
         data = np.ascontiguousarray(w2d if kind == KIND_BF16 else as_float32(w2d))
         return EngineWeight(kind, rows, cols, data, np.ones(1, np.float32))
+
+
+@dataclass
+class EngineLayer:
+    """One block's tensors, named as engine.c's tl_layer fields (None: the architecture has none)."""
+
+    qkv: EngineWeight
+    proj: EngineWeight
+    up: EngineWeight
+    down: EngineWeight
+    norm1_w: np.ndarray
+    norm1_b: np.ndarray
+    norm2_w: np.ndarray | None = None  # vanilla: ln2
+    norm2_b: np.ndarray | None = None
+    router_w: np.ndarray | None = None  # lite: (3, d), (3,)
+    router_b: np.ndarray | None = None
+    conv_w: np.ndarray | None = None  # lite: (d, kernel) effective weights
+
+
+@dataclass
+class EngineTensors:
+    """Every tensor of a model as engine.c's tl_model takes it: what `NativeModel` points the
+    C structs at and what `tilelli.infer.model_file` writes, so the two cannot disagree."""
+
+    tok: EngineWeight
+    head: EngineWeight
+    pos: np.ndarray
+    normf_w: np.ndarray
+    normf_b: np.ndarray
+    layers: list[EngineLayer]
+
+
+def engine_tensors(config: ModelConfig, weights: CheckpointTensors) -> EngineTensors:
+    """The tensors of a Lite or vanilla `config` (a ModelConfig), each checked against the shape
+    the engine will use."""
+    q = config.ternary.quantize
+    qkv_q = q and not config.ternary.fp_attention
+    d, hidden, vocab = config.d_model, config.expand * config.d_model, config.vocab_size
+    layers = []
+    for i in range(config.n_layers):
+        p = f"blocks.{i}."
+        if config.arch == "lite":
+            attn, mlp, norms = p + "paths.sparse.0.", p + "paths.dense.0.", ["norm"]
+            conv = weights.matrix(p + "paths.local.0", q, d, config.local_kernel).dense()  # tiny: floats
+            extra = dict(router_w=weights.vector(p + "router.weight", (3, d)),
+                         router_b=weights.vector(p + "router.bias", (3,)),
+                         conv_w=np.ascontiguousarray(conv, dtype=np.float32))
+        else:
+            attn, mlp, norms, extra = p + "attn.", p + "mlp.", ["ln1", "ln2"], {}
+        for j, norm in enumerate(norms):
+            extra[f"norm{j + 1}_w"] = weights.vector(p + norm + ".weight", (d,))
+            extra[f"norm{j + 1}_b"] = weights.vector(p + norm + ".bias", (d,))
+        layers.append(EngineLayer(qkv=weights.matrix(attn + "qkv", qkv_q, 3 * d, d),
+                                  proj=weights.matrix(attn + "proj", q, d, d),
+                                  up=weights.matrix(mlp + "up", q, hidden, d),
+                                  down=weights.matrix(mlp + "down", q, d, hidden), **extra))
+    return EngineTensors(weights.matrix("tok_emb", q, vocab, d), weights.matrix("head", q, vocab, d),
+                         weights.vector("pos_emb", (config.max_seq_len, d)),
+                         weights.vector("norm_f.weight", (d,)), weights.vector("norm_f.bias", (d,)), layers)
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, CheckpointTensors]:
+    """The model config and checked tensors of the checkpoint (or run directory) at `path`."""
+    ckpt = checkpoint_dir(path)
+    meta, config = read_config(ckpt), model_config(ckpt)
+    tensors, metadata = read_weights(ckpt / WEIGHTS_FILE)
+    t = config.ternary
+    return config, CheckpointTensors(tensors, metadata, meta["packed"], t.quantize, t.per_row, t.lsq)

@@ -2,9 +2,8 @@
 
 A kernel module declares `library = NativeLibrary(name, source, declare, what)` and asks
 `library.available()` before each use (never at import). The first time, the source is compiled
-into `$TILELLI_CACHE/kernels` (default `~/.cache/tilelli/kernels`) under a name that hashes the
-source, the compiler, the flags and the CPU, into a temporary file renamed into place (so
-concurrent builds are safe), and loaded with ctypes; `declare(lib)` sets the signatures.
+(`built`) into `$TILELLI_CACHE/kernels` (default `~/.cache/tilelli/kernels`) under a name that
+hashes the source, the compiler, the flags and the CPU, and loaded with ctypes; `declare(lib)` sets the signatures.
 Without a compiler, or if the build fails, `available()` stays False and callers use PyTorch;
 that is said in one `tilelli: note:` line on stderr (see `note`), once per process for a missing
 compiler and once per kernel for a failed build. `TILELLI_NO_KERNEL=1` or
@@ -22,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,8 +33,10 @@ COMPILER = "cc"
 # inference engine size their per-query buffers with it); a larger top_k runs on PyTorch.
 MAX_TOP_K = 256
 # IEEE arithmetic (no -ffast-math); `omp simd` reductions may reorder sums, contraction may fuse.
-FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared", "-std=c11",
-         f"-DMAX_TOP_K={MAX_TOP_K}"]
+# CODE_FLAGS decide the numbers (every build of the engine, the runner included, passes them);
+# FLAGS make a shared library of it.
+CODE_FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-std=c11", f"-DMAX_TOP_K={MAX_TOP_K}"]
+FLAGS = [*CODE_FLAGS, "-fPIC", "-shared"]
 
 _disabled = 0
 _noted: set[str] = set()  # the notes said so far in this process
@@ -87,6 +88,32 @@ def _cpu_flags() -> str:
         return ""
 
 
+def built(name: str, sources: Sequence[Path], command: Sequence[str], suffix: str, libs: Sequence[str] = ()) -> Path:
+    """`command -o OUT sources[0] libs` (a compiler and its flags) run once into the cache: OUT
+    is named by a hash of every source's text (a unity build lists the files it includes), the
+    command and the CPU, and written under a temporary name renamed into place, so concurrent
+    builds are safe. Raises FileNotFoundError without the compiler, RuntimeError with the
+    compiler's first error line when it fails."""
+    key = "\0".join([*(p.read_text() for p in sources), *command, platform.machine(), _cpu_flags()])
+    path = cache_dir() / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}{suffix}"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([*command, "-o", tmp, str(sources[0]), *libs], capture_output=True, text=True)
+        if proc.returncode != 0:
+            lines = proc.stderr.splitlines()
+            first = next((ln for ln in lines if "error" in ln), lines[0] if lines else f"exit {proc.returncode}")
+            raise RuntimeError(first.strip())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+    return path
+
+
 class NativeLibrary:
     """One C source, built and loaded on first use; `declare(lib)` sets the ctypes signatures.
 
@@ -103,28 +130,6 @@ class NativeLibrary:
         self._tried = False
         self._lock = threading.Lock()
 
-    def path(self) -> Path:
-        """Where the build for this source, compiler, flags and kind of CPU lives."""
-        key = "\0".join([self.source.read_text(), COMPILER, *self.flags, platform.machine(), _cpu_flags()])
-        return cache_dir() / f"{self.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
-
-    def _build(self, path: Path) -> None:
-        """Compile into a temporary file next to `path`, then rename: concurrent builds are safe."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-        os.close(fd)
-        try:
-            proc = subprocess.run([COMPILER, *self.flags, "-o", tmp, str(self.source), "-lm"],
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                lines = proc.stderr.splitlines()
-                first = next((ln for ln in lines if "error" in ln), lines[0] if lines else f"exit {proc.returncode}")
-                raise RuntimeError(first.strip())
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-
     def load(self) -> ctypes.CDLL | None:
         """The loaded library, building it the first time; None (after one note) if that fails."""
         if self._tried:
@@ -133,9 +138,7 @@ class NativeLibrary:
             if not self._tried:
                 self._tried = True
                 try:
-                    path = self.path()
-                    if not path.exists():
-                        self._build(path)
+                    path = built(self.name, [self.source], [COMPILER, *self.flags], ".so", ["-lm"])
                     lib = ctypes.CDLL(str(path))
                     self.declare(lib)
                     self._lib = lib

@@ -1,0 +1,143 @@
+"""The standalone runner (`tilelli export --native`): the same greedy bytes as `tilelli generate`,
+the same chat replies and abstentions as `tilelli chat`, and a loader that refuses any damaged
+model file with one line and exit code 2."""
+
+from __future__ import annotations
+
+import math
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+from exported import (
+    PROMPT,
+    SHIPPED,
+    SHIPPED_CHAT,
+    chat_replies,
+    chat_reply,
+    detector_rule,
+    export,
+    generated,
+    tiny_checkpoint,
+)
+
+from tilelli.chat.abstain import AbstainRule
+from tilelli.chat.template import REFUSAL_UNREADABLE
+from tilelli.infer.engine import library
+from tilelli.infer.model_file import ENTRY, HEADER, MODEL_FILE
+from tilelli.infer.runner import RUNNER
+
+pytestmark = pytest.mark.skipif(library.load() is None, reason="no C compiler: the runner cannot be built")
+
+
+def run(out: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(out / RUNNER), str(out / MODEL_FILE), *args], capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("kind", ["ternary", "fp32"])
+def test_greedy_output_is_tilelli_generates(tmp_path, capsysbinary, kind):
+    ckpt = tiny_checkpoint(tmp_path, kind)
+    out = export(ckpt, tmp_path / "native", "native")
+    got = run(out, "-p", PROMPT, "-n", "64", "--temperature", "0", "-t", "1")
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == generated(ckpt, capsysbinary)
+
+
+def test_shipped_default_model(tmp_path, capsysbinary):
+    out = export(SHIPPED, tmp_path / "native", "native")
+    assert run(out, "-p", PROMPT, "-n", "64", "--temperature", "0").stdout == generated(SHIPPED, capsysbinary)
+
+
+@pytest.mark.parametrize("surprise", [1e9, 1.0], ids=["answers", "abstains"])
+def test_chat_reply_and_decision_are_tilelli_chats(tmp_path, surprise):
+    rule = AbstainRule(0.5, surprise)
+    ckpt = tiny_checkpoint(tmp_path, "ternary", rule)
+    out = export(ckpt, tmp_path / "native", "native")
+    text = "Tell me a story about a cat."
+    reply, abstained = chat_reply(ckpt, rule, text)
+    assert abstained == (surprise < 10) and (reply == REFUSAL_UNREADABLE) == abstained
+    got = run(out, "--chat", "-p", text, "-n", "40", "--temperature", "0")
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.decode() == reply + "\n"
+
+
+@pytest.mark.parametrize("answers", [True, False], ids=["answers", "abstains"])
+def test_chat_decision_with_a_refusal_detector_is_tilelli_chats(tmp_path, answers):
+    """The detector's log-odds decide in C as in Python: the decision flips where the threshold
+    passes Python's score (1e-6 either side), and a conversation's later turns agree too."""
+    text = "Tell me a story about a cat."
+    ckpt = tiny_checkpoint(tmp_path, "ternary", AbstainRule(0.5))
+    rule, refusal = detector_rule(ckpt, text, answers)
+    rule.save(ckpt)
+    rule = AbstainRule.load(ckpt)  # what the export reads
+    out = export(ckpt, tmp_path / "native", "native")
+    reply, abstained = chat_reply(ckpt, rule, text)
+    assert abstained == (not answers) and (reply == refusal) == abstained
+    got = run(out, "--chat", "-p", text, "-n", "40", "--temperature", "0")
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.decode() == reply + "\n"
+    texts = [text, "What is the capital of Peru?", text]
+    got = subprocess.run([str(out / RUNNER), str(out / MODEL_FILE), "-n", "40", "--temperature", "0"],
+                         input="\n".join(texts).encode() + b"\n", capture_output=True, timeout=120)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.decode() == "".join(r + "\n" for r, _ in chat_replies(ckpt, rule, texts))
+
+
+def test_shipped_chat_model_decides_as_tilelli_chat(tmp_path):
+    """Its rule (a refusal detector's log-odds, or P(refusal) in rules without one) refuses the
+    fact question and answers the story request, in C as in Python."""
+    out = export(SHIPPED_CHAT, tmp_path / "native", "native")
+    rule = AbstainRule.load(SHIPPED_CHAT)
+    for text, refuses in (("What is the capital of Peru?", True), ("Tell me a story about a cat.", False)):
+        reply, abstained = chat_reply(SHIPPED_CHAT, rule, text)
+        assert abstained == refuses
+        got = run(out, "--chat", "-p", text, "-n", "40", "--temperature", "0")
+        assert got.returncode == 0 and got.stdout.decode() == reply + "\n", (text, got)
+
+
+def _entry_field(entry: int, field: int) -> int:
+    return HEADER.size + entry * ENTRY.size + 8 * field
+
+
+# (what is damaged, byte offset, new bytes)
+DAMAGE = [("magic", 0, b"XXXX"), ("version", 4, b"\x01"), ("d_model", 16, b"\xff\xff"),
+          ("n_tensors", 144, b"\x07"), ("rows of tok", _entry_field(0, 1), b"\x05"),
+          ("offset past the end", _entry_field(7, 4) + 5, b"\x7f"), ("misaligned offset", _entry_field(7, 4), b"\x01"),
+          ("byte count", _entry_field(8, 5), b"\x03"), ("kind", _entry_field(0, 0), b"\x07"),
+          ("scale count", _entry_field(12, 7), b"\x09"), ("temperature", 128, b"\xff" * 8),
+          ("P(refusal) threshold above 1", 112, struct.pack("<d", 1.5)), ("a detector of 3 weights", 152, b"\x03"),
+          ("detector bias without a detector", 168, struct.pack("<d", 0.5))]
+# the same, of a model whose rule has a detector (its weights are the first data after the table)
+DETECTOR_DAMAGE = [("detector count", 152, b"\x03\x01"), ("detector offset past the end", 160 + 5, b"\x7f"),
+                   ("misaligned detector", 160, b"\x08"), ("threshold not a number", 112, struct.pack("<d", math.nan)),
+                   ("bias not a number", 168, struct.pack("<d", math.inf))]
+
+
+@pytest.mark.parametrize("detector", [False, True], ids=["no-detector", "detector"])
+def test_damaged_or_truncated_model_files_are_refused(tmp_path, detector):
+    ckpt = tiny_checkpoint(tmp_path, "ternary", AbstainRule(0.5) if detector else None)
+    if detector:
+        detector_rule(ckpt, "Hello", True)[0].save(ckpt)
+    out = export(ckpt, tmp_path / "native", "native")
+    good = (out / MODEL_FILE).read_bytes()
+    cases = [(f"truncated to {n}", good[:n]) for n in (0, 3, 100, 151, HEADER.size + 10, len(good) // 2,
+                                                       len(good) - 1)]
+    for what, at, new in DETECTOR_DAMAGE if detector else DAMAGE:
+        cases.append((what, good[:at] + new + good[at + len(new):]))
+    if detector:  # a weight that is not a number
+        at = struct.unpack_from("<q", good, 160)[0] + 8 * 300
+        cases.append(("weight not a number", good[:at] + struct.pack("<d", math.nan) + good[at + 8:]))
+    for what, data in cases:
+        (out / MODEL_FILE).write_bytes(data)
+        got = run(out, "-p", PROMPT, "-n", "4")
+        lines = got.stderr.decode().splitlines()
+        assert got.returncode == 2 and len(lines) == 1 and "tilelli-run: error:" in lines[0], (what, got)
+
+
+@pytest.mark.parametrize("args", [["-n", "x"], ["--top-p", "2"], ["--bogus"], ["-p"], ["-t", "0"], []])
+def test_bad_options_are_one_line_and_exit_2(tmp_path, args):
+    out = export(tiny_checkpoint(tmp_path, "ternary"), tmp_path / "native", "native")
+    got = run(out, *args)
+    assert got.returncode == 2 and got.stderr.decode().count("\n") == 1, got
+    assert b"usage:" in run(out, "--help").stdout

@@ -1,0 +1,122 @@
+"""The exported site (`tilelli export --web`) in headless Chromium, from a loopback static server:
+the same greedy bytes as `tilelli generate`, the same chat replies and abstentions as `tilelli
+chat`, and no request outside the page's own origin. Skips without Debian's clang + WASI libc
+or chromium + chromium-driver."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from exported import PROMPT, SHIPPED, chat_reply, detector_rule, export, generated, tiny_checkpoint
+from test_serve_browser import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401  (the browser fixture)
+
+from tilelli.chat.abstain import AbstainRule
+from tilelli.cli import main
+from tilelli.web import wasm
+
+needs_browser = pytest.mark.skipif(not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
+                                   reason="needs Debian's chromium and chromium-driver")
+pytestmark = pytest.mark.skipif(not (shutil.which(wasm.COMPILER) and wasm.SYSROOT.is_dir()),
+                                reason=f"needs Debian's {wasm.PACKAGES}")
+
+
+@contextlib.contextmanager
+def static_server(root: Path) -> Iterator[tuple[str, list[str]]]:
+    """A static file server for `root` on 127.0.0.1; yields its URL and the paths requested."""
+    requests: list[str] = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            requests.append(self.path)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def in_page(driver, script: str, *args):
+    """Run `script` (a Promise-returning expression over window.tilelli and `args`) in the page."""
+    driver.set_script_timeout(60)
+    return driver.execute_async_script(
+        f"const done = arguments[arguments.length - 1]; const args = arguments;"
+        f"Promise.resolve({script}).then(done, (e) => done({{error: String(e)}}));", *args)
+
+
+def completed(driver, url: str) -> str:
+    driver.get(url + "/")
+    return in_page(driver, "tilelli.ready.then(() => tilelli.complete(args[0], 64))", PROMPT)
+
+
+@needs_browser
+@pytest.mark.parametrize("kind", ["ternary", "fp32"])
+def test_greedy_continuation_is_tilelli_generates_and_stays_on_its_origin(browser, tmp_path, capsysbinary, kind):  # noqa: F811
+    ckpt = tiny_checkpoint(tmp_path, kind)
+    site = export(ckpt, tmp_path / "site", "web")
+    with static_server(site) as (url, requests):
+        text = completed(browser, url)
+        entries = browser.execute_script("return performance.getEntries().map((e) => e.name)")
+    # a tiny model writes any byte: the page decodes as Python's "replace" does (the Unicode practice)
+    assert PROMPT + text + "\n" == generated(ckpt, capsysbinary).decode("utf-8", "replace")
+    assert all(e.startswith(url) for e in entries if "://" in e), entries
+    assert {r.split("?")[0] for r in requests} <= {"/", "/chat.css", "/tilelli.js", "/worker.js", "/engine.wasm",
+                                                     "/model.tlm", "/favicon.ico"}, requests
+
+
+@needs_browser
+def test_shipped_default_model(browser, tmp_path, capsysbinary):  # noqa: F811
+    site = export(SHIPPED, tmp_path / "site", "web")
+    with static_server(site) as (url, _):
+        assert (PROMPT + completed(browser, url) + "\n").encode() == generated(SHIPPED, capsysbinary)  # valid UTF-8
+
+
+@needs_browser
+@pytest.mark.parametrize("surprise", [1e9, 1.0], ids=["answers", "abstains"])
+def test_chat_is_tilelli_chats(browser, tmp_path, surprise):  # noqa: F811
+    rule = AbstainRule(0.5, surprise)
+    ckpt = tiny_checkpoint(tmp_path, "ternary", rule)
+    site = export(ckpt, tmp_path / "site", "web")
+    text = "Tell me a story about a cat."
+    with static_server(site) as (url, _):
+        browser.get(url + "/")
+        got = in_page(browser, "tilelli.chat([{role: 'user', content: args[0]}], {temperature: 0, maxTokens: 40})",
+                      text)
+    reply, abstained = chat_reply(ckpt, rule, text)
+    assert (got["reply"], got["abstained"]) == (reply, abstained)
+
+
+@needs_browser
+@pytest.mark.parametrize("answers", [True, False], ids=["answers", "abstains"])
+def test_chat_with_a_refusal_detector_is_tilelli_chats(browser, tmp_path, answers):  # noqa: F811
+    """The detector's log-odds decide in the page as in Python, 1e-6 either side of the threshold."""
+    text = "Tell me a story about a cat."
+    ckpt = tiny_checkpoint(tmp_path, "ternary", AbstainRule(0.5))
+    detector_rule(ckpt, text, answers)[0].save(ckpt)
+    rule = AbstainRule.load(ckpt)
+    site = export(ckpt, tmp_path / "site", "web")
+    with static_server(site) as (url, _):
+        browser.get(url + "/")
+        got = in_page(browser, "tilelli.chat([{role: 'user', content: args[0]}], {temperature: 0, maxTokens: 40})",
+                      text)
+    assert (got["reply"], got["abstained"]) == chat_reply(ckpt, rule, text)
+    assert got["abstained"] == (not answers)
+
+
+def test_missing_clang_is_one_line_naming_the_packages(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(wasm, "COMPILER", "no-such-clang")
+    assert main(["export", "--checkpoint", str(tiny_checkpoint(tmp_path, "ternary")), "--web",
+                 "--out", str(tmp_path / "site")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and wasm.PACKAGES in err and not (tmp_path / "site").exists()

@@ -1,0 +1,1 @@
+"""The model in a browser tab: the engine compiled to WebAssembly and a static chat page."""

@@ -1,0 +1,36 @@
+"""`tilelli export --web`: a static site that chats with the model in the tab.
+
+What it writes: index.html, tilelli.js and worker.js (tilelli/web/, as they are), chat.css (the
+`<style>` of the `tilelli serve` page, so both pages share one look and one source), engine.wasm
+(`tilelli.web.wasm`) and model.tlm (`tilelli.infer.model_file`, which carries the chat template
+flag, the abstain rule's thresholds and refusal detector, and the sampling defaults). Every file
+is fetched from the page's own origin: opened from any static file server, it makes no other
+request.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from tilelli.web.wasm import build_wasm
+
+HERE = Path(__file__).parent
+ASSETS = ("index.html", "tilelli.js", "worker.js")
+SERVE_PAGE = HERE.parent / "serve" / "static" / "index.html"
+
+
+def serve_style() -> str:
+    """The CSS of the serve chat page."""
+    found = re.search(r"<style>\n(.*?)</style>", SERVE_PAGE.read_text(), re.S)
+    assert found, f"{SERVE_PAGE} has no <style> block"
+    return found.group(1)
+
+
+def write_site(out: Path) -> None:
+    """Everything but the model file into `out` (an existing directory)."""
+    for name in ASSETS:
+        shutil.copyfile(HERE / name, out / name)
+    (out / "chat.css").write_text(serve_style())
+    shutil.copyfile(build_wasm(), out / "engine.wasm")
