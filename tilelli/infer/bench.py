@@ -198,8 +198,10 @@ def machine() -> dict[str, Any]:
 
 def cpu_line(m: dict[str, Any]) -> str:
     """The CPU of a `machine()` record as a page names it: a speed table means little without it."""
-    isa = ", ".join(f for f, on in m.get("isa", {}).items() if on) or "none of " + ", ".join(ISA_FLAGS)
-    return f"{m['cpu']} (family/model {m.get('cpu_family_model', '?')}; {isa})"
+    if "isa" not in m:  # a record from before CPUs were named in full
+        return f"{m['cpu']} (family/model and instruction sets not recorded)"
+    isa = ", ".join(f for f, on in m["isa"].items() if on) or "none of " + ", ".join(ISA_FLAGS)
+    return f"{m['cpu']} (family/model {m['cpu_family_model']}; {isa})"
 
 
 def run_all(checkpoints: list[Path], threads: int, repeats: int, prefill: bytes,
