@@ -160,12 +160,48 @@ def cli_startup(checkpoint: Path | None, threads: int, repeats: int) -> dict[str
     return {k: statistics.median(r[k] for r in runs[1:]) for k in ("first_byte_s", "peak_rss_mb")}
 
 
-def machine() -> dict[str, Any]:
-    from tilelli.train.trainer import cpu_name
+# The instruction sets that decide which code paths the engine and llama.cpp take.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16")
 
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (None,)
-    return {"cpu": cpu_name(), "cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
-            "load_1min_at_start": load[0]}
+
+def cpu_identity() -> dict[str, Any]:
+    """What makes two speed records comparable figure for figure: the model name, the family/model
+    numbers (a cloud CPU may only say "AMD EPYC", which Zen 3 and Zen 4 share) and the instruction
+    sets above. Ratios measured in one run hold anywhere; absolute figures only on the same CPU.
+    Read from /proc/cpuinfo here rather than through the trainer's cpu_name, which imports torch."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    flags = set(fields.get("flags", "").split())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    return {"cpu": name, "cpu_family_model": f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}",
+            "isa": {f: f in flags for f in ISA_FLAGS}}
+
+
+def same_cpu(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two records' `machine` entries name the same CPU (see cpu_identity)."""
+    return all(a.get(k) == b.get(k) for k in ("cpu", "cpu_family_model", "isa"))
+
+
+def load_1min() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def machine() -> dict[str, Any]:
+    return {**cpu_identity(), "cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+            "load_1min_at_start": load_1min()}
+
+
+def cpu_line(m: dict[str, Any]) -> str:
+    """The CPU of a `machine()` record as a page names it: a speed table means little without it."""
+    if "isa" not in m:  # a record from before CPUs were named in full
+        return f"{m['cpu']} (family/model and instruction sets not recorded)"
+    isa = ", ".join(f for f, on in m["isa"].items() if on) or "none of " + ", ".join(ISA_FLAGS)
+    return f"{m['cpu']} (family/model {m['cpu_family_model']}; {isa})"
 
 
 def run_all(checkpoints: list[Path], threads: int, repeats: int, prefill: bytes,
@@ -179,6 +215,8 @@ def run_all(checkpoints: list[Path], threads: int, repeats: int, prefill: bytes,
         rates["fast_b1_vs_reference"] = rates["fast_b1"] / ref
         rates["fast_b8_vs_b1"] = rates["fast_b8"] / rates["fast_b1"]
         rates["far_vs_50"] = rates[f"fast_at_{rates['far_position']}"] / rates["fast_at_50"]
+        if prefill:
+            rates["prefill_vs_b1"] = rates["fast_prefill"] / rates["fast_b1"]
         result["models"][path.name] = rates
     result["startup"] = cli_startup(startup_checkpoint, threads, repeats)
     return result
@@ -188,19 +226,19 @@ def markdown(result: dict[str, Any]) -> str:
     """The table the README quotes."""
     ref = result["reference"]
     m = result["machine"]
-    lines = [f"Greedy decoding, {result['threads']} thread(s), {m['cpu']}, median of {result['repeats']} runs, "
+    lines = [f"Greedy decoding, {result['threads']} thread(s), {cpu_line(m)}, median of {result['repeats']} runs, "
              f"1-min load {m['load_1min_at_start']:.2f} at start; bytes/s. Reference GPT (plain PyTorch, d=320, "
              f"8 layers, KV cache): {ref['reference_cached']:,.0f} cached, {ref['reference_no_cache']:,.0f} "
              "without cache.", "",
              "| model | PyTorch path b1 | fast b1 | vs reference | fast b8 (total) | b8 / b1 | prefill | "
-             "at pos 50 | far pos | far / 50 | resident weights | bits / ternary weight |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "prefill / b1 | at pos 50 | far pos | far / 50 | resident weights | bits / ternary weight |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in result["models"].items():
         far = r["far_position"]
         bits = f"{r['bits_per_ternary_weight']:.3f}" if r["bits_per_ternary_weight"] else "—"
         lines.append(f"| `{name}` | {r['torch_path_b1']:,.0f} | {r['fast_b1']:,.0f} | "
                      f"{r['fast_b1_vs_reference']:.2f}x | {r['fast_b8']:,.0f} | {r['fast_b8_vs_b1']:.2f}x | "
-                     f"{r.get('fast_prefill', 0):,.0f} | "
+                     f"{r.get('fast_prefill', 0):,.0f} | {r.get('prefill_vs_b1', 0):.2f}x | "
                      f"{r['fast_at_50']:,.0f} | {r[f'fast_at_{far}']:,.0f} at {far} | {r['far_vs_50']:.2f}x | "
                      f"{r['resident_weight_bytes'] / 1e6:.1f} MB | {bits} |")
     s = result["startup"]
