@@ -117,18 +117,65 @@ def test_pytorch_path_dispatches_to_kernel():
         assert not kernel.applicable(q, k, v, 4, 0)
 
 
-@needs_kernel
-def test_kernel_keeps_exactly_top_k_earliest_keys_on_ties():
-    """All scores equal: the kernel keeps the first top_k keys (the PyTorch path keeps all)."""
-    T, top_k = 20, 4
-    q, k = torch.randn(1, 1, T, 8), torch.zeros(1, 1, T, 8)
-    v = torch.eye(T)[None, None]  # output row = attention weights
-    w = kernel.topk_attention(q, k, v, top_k)[0, 0]
-    expected = torch.zeros(T, T)
+def earliest_top_k(scores: torch.Tensor, top_k: int) -> torch.Tensor:
+    """The tie rule written plainly: a stable sort by score, highest first, keeps the top_k
+    first; causal (row i sees keys 0..i). (T, T) scores -> (T, T) bool."""
+    T = scores.shape[-1]
+    keep = torch.zeros(T, T, dtype=torch.bool)
     for i in range(T):
-        n = min(i + 1, top_k)
-        expected[i, :n] = 1 / n
-    assert_close(w, expected)
+        order = torch.sort(-scores[i, :i + 1], stable=True).indices
+        keep[i, order[:top_k]] = True
+    return keep
+
+
+def both_paths(q, k, v, top_k):
+    """(kernel, PyTorch path) outputs, each with its gradients."""
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    return (outputs_and_grads(kernel.topk_attention, leaves, *leaves, top_k),
+            outputs_and_grads(reference, leaves, *leaves, top_k))
+
+
+@needs_kernel
+@pytest.mark.parametrize("top_k", [1, 3, 8])
+def test_ties_keep_the_earliest_keys_in_both_paths(top_k):
+    """Integer-valued q and k: scores are exact, and equal scores are everywhere, at and across
+    the k-th place. Both paths keep exactly the keys of the plain rule (v = identity, so each
+    output row is that query's attention weights) and agree to 1e-6, gradients too."""
+    torch.manual_seed(top_k)
+    T = 40
+    q = torch.randint(-2, 3, (1, 1, T, 4)).float()
+    k = torch.randint(-1, 2, (1, 1, T, 4)).float()
+    scores = (q @ k.transpose(-2, -1))[0, 0]
+    keep = earliest_top_k(scores, top_k)
+    kth = torch.stack([scores[i, :i + 1].sort(descending=True).values[min(top_k, i + 1) - 1] for i in range(T)])
+    tied = (scores == kth[:, None]).tril()
+    assert ((tied & keep).sum(1) < tied.sum(1)).sum() >= 10  # ties straddle the k-th place in many rows
+    (y, grads), (y_ref, grads_ref) = both_paths(q, k, torch.eye(T)[None, None], top_k)
+    assert torch.equal(y[0, 0] > 0, keep) and torch.equal(y_ref[0, 0] > 0, keep)
+    assert (y - y_ref).abs().max() <= 1e-6
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        assert (g - g_ref).abs().max() <= 1e-6
+    (y, _), (y_ref, _) = both_paths(q, k, torch.randn(1, 1, T, 16), top_k)  # real values: same outputs
+    assert (y - y_ref).abs().max() <= 1e-6
+
+
+@needs_kernel
+def test_duplicate_keys_straddling_the_kth_place():
+    """Two keys score above the rest, then five equal keys: top_k 4 keeps the two and the first
+    two of the five (both paths); all-equal keys keep the first top_k."""
+    T, top_k = 9, 4
+    q = torch.ones(1, 1, T, 2)
+    k = torch.tensor([1.0, 1, 3, 1, 1, 3, 1, 0, 0])[None, None, :, None].expand(1, 1, T, 2).contiguous()
+    v = torch.eye(T)[None, None]  # output row = attention weights
+    for fn in (kernel.topk_attention, reference):
+        w = fn(q, k, v, top_k)[0, 0]
+        assert torch.equal((w[8] > 0).nonzero().flatten(), torch.tensor([0, 1, 2, 5]))  # row 8 sees all 9 keys
+        assert (w[8, [2, 5]] > w[8, 0]).all()
+        w = fn(q, torch.zeros_like(k), v, top_k)[0, 0]
+        expected = torch.zeros(T, T)
+        for i in range(T):
+            expected[i, :min(i + 1, top_k)] = 1 / min(i + 1, top_k)
+        assert (w - expected).abs().max() <= 1e-6
 
 
 @needs_kernel

@@ -6,8 +6,8 @@
  * cheap lower bound of the k-th largest score and the largest finds a threshold that
  * exactly top_k scores reach (counting is vectorised, about 6 steps). softmax(scale * s)
  * over the kept keys weights the value rows. Where keys tie at the k-th
- * score the earliest are kept, exactly min(top_k, visible) in all (the PyTorch path keeps
- * every tied key). idx/p (top_k per query, in no particular order, unused slots idx 0 /
+ * score the earliest are kept, exactly min(top_k, visible) in all (the rule of the PyTorch
+ * path and of the inference engine too). idx/p (top_k per query, in no particular order, unused slots idx 0 /
  * p 0) are saved for the backward, which only touches those keys: O(T * top_k * d)
  * instead of O(T^2 * d).
  *

@@ -4,9 +4,8 @@
 `tilelli.model.pathways.attention.topk_causal_attention` (which dispatches here when `applicable`),
 but never forms the (Tq, Tk) score matrix: each query scores its visible keys into a small
 per-thread buffer, keeps the top_k, and saves their indices and softmax weights, so the
-backward costs O(T * top_k * d) instead of O(T^2 * d). One difference: where several keys tie
-at the k-th score the kernel keeps exactly top_k of them (the earliest), the PyTorch path keeps
-all of them (with continuous inputs ties do not occur).
+backward costs O(T * top_k * d) instead of O(T^2 * d). Where keys tie at the k-th score it
+keeps exactly top_k, the earliest, as the PyTorch path and the inference engine do.
 
 Built on first use by `tilelli.kernels.build` (never at import); without a compiler it says so
 once (a `tilelli: note:` line) and `available()` is False: callers then use PyTorch.

@@ -83,11 +83,26 @@ def topk_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, top
         scores = q @ k.transpose(-2, -1)  # (B, H, Tq, Tk); the 1/sqrt(d) scale cannot change the order
         if bias is not None:
             scores += bias
-        kth = scores.topk(top_k, dim=-1, sorted=False).values.amin(-1, keepdim=True)  # (B, H, Tq, 1)
-        # rows with fewer than top_k visible keys get kth = -inf: clamp so hidden keys stay hidden
-        kth.clamp_(min=torch.finfo(scores.dtype).min)
-        mask = torch.where(scores < kth, float("-inf"), 0.0)  # additive: fused SDPA's fast path
+        keep = top_k_earliest(scores, top_k)  # (B, H, Tq, Tk)
+        mask = torch.where(keep, 0.0, float("-inf"))  # additive: fused SDPA's fast path
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # scaled by 1/sqrt(d_head)
+
+
+def top_k_earliest(scores: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Which keys a query keeps: exactly top_k of the highest scores along the last axis (all
+    of its finite ones when fewer), the earlier key where scores tie at the k-th place.
+
+    One tie rule for the three implementations (this, tilelli/kernels/topk_attention.c and the
+    inference engine), so that they select the same keys and agree at every position: `topk`
+    alone leaves the choice among tied keys unspecified, and "score >= k-th" keeps them all.
+    Vectorised: the keys above the k-th score, plus the first (top_k - their count) of those
+    equal to it, counted by a cumulative sum along the keys."""
+    kth = scores.topk(top_k, dim=-1, sorted=False).values.amin(-1, keepdim=True)  # (..., 1)
+    # rows with fewer than top_k visible keys get kth = -inf: clamp so hidden keys stay hidden
+    kth.clamp_(min=torch.finfo(scores.dtype).min)
+    above, tied = scores > kth, scores == kth  # (..., Tk) each
+    room = top_k - above.sum(-1, keepdim=True)  # (..., 1): how many tied keys still fit
+    return above | (tied & (tied.cumsum(-1) <= room))
 
 
 class CausalAttention(nn.Module):
