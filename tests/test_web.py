@@ -5,14 +5,8 @@ or chromium + chromium-driver."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 import shutil
-import threading
-from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 from exported import PROMPT, SHIPPED, chat_reply, detector_rule, export, generated, tiny_checkpoint
@@ -21,30 +15,12 @@ from test_serve_browser import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401  (t
 from tilelli.chat.abstain import AbstainRule
 from tilelli.cli import main
 from tilelli.web import wasm
+from tilelli.web.site import static_server
 
 needs_browser = pytest.mark.skipif(not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
                                    reason="needs Debian's chromium and chromium-driver")
 pytestmark = pytest.mark.skipif(not (shutil.which(wasm.COMPILER) and wasm.SYSROOT.is_dir()),
                                 reason=f"needs Debian's {wasm.PACKAGES}")
-
-
-@contextlib.contextmanager
-def static_server(root: Path) -> Iterator[tuple[str, list[str]]]:
-    """A static file server for `root` on 127.0.0.1; yields its URL and the paths requested."""
-    requests: list[str] = []
-
-    class Handler(SimpleHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            requests.append(self.path)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", requests
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def in_page(driver, script: str, *args):

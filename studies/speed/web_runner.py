@@ -56,10 +56,10 @@ def runner_seconds(out: Path, n: int) -> float:
 
 def browser_run(site: Path, n: int) -> tuple[float, float]:
     """(first byte in ms from navigation start, decode bytes/s) of the page's greedy completion."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from test_web import static_server
+
+    from tilelli.web.site import static_server
 
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"

@@ -10,8 +10,13 @@ request.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import re
 import shutil
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from tilelli.web.wasm import build_wasm
@@ -34,3 +39,23 @@ def write_site(out: Path) -> None:
         shutil.copyfile(HERE / name, out / name)
     (out / "chat.css").write_text(serve_style())
     shutil.copyfile(build_wasm(), out / "engine.wasm")
+
+
+@contextlib.contextmanager
+def static_server(root: Path) -> Iterator[tuple[str, list[str]]]:
+    """A static file server for `root` on 127.0.0.1; yields its URL and the paths requested (what the
+    tests and studies/speed/web_runner.py load a site from, and check it asks for nothing else)."""
+    requests: list[str] = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            requests.append(self.path)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
