@@ -102,12 +102,13 @@ def fit_detector(decoder: Any, train: Path, n: int) -> Any:
 
     from tilelli.chat.detector import Detector, training_turns
 
-    turns = training_turns(train.read_bytes(), n)
+    stream = train.read_bytes()
+    turns = training_turns(stream, n)
     signals = row_signals(decoder, [{"history": h, "prompt": t} for h, t, _ in turns])
     keep = [i for i, s in enumerate(signals) if s.features]  # prompts too long to score are left out
     x = np.array([signals[i].features for i in keep])
     refused = np.array([turns[i][2] for i in keep])
-    detector = Detector.fit(x, refused, {"file": train.name, "sha256": hashlib.sha256(train.read_bytes()).hexdigest()})
+    detector = Detector.fit(x, refused, {"file": train.name, "sha256": hashlib.sha256(stream).hexdigest()})
     print(f"detector: {len(keep)} training turns ({int(refused.sum())} refused), cross-validated AUROC "
           f"{detector.record['cv_auroc']:.4f}", file=sys.stderr)
     return detector
