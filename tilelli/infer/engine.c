@@ -172,8 +172,8 @@ static inline codes block_codes(int kind, const void *row, int64_t b) {
     return kind == W_T2 ? t2_load((const uint16_t *)row + b * 8) : (codes){0};
 }
 
-/* Columns c0.. of row r after its last whole block (c0 = cols / BLOCK * BLOCK), as floats
- * without the scale. */
+/* Columns c0.. of row r after its last whole block (c0 = cols / BLOCK * BLOCK < cols), as
+ * floats without the scale. */
 static void row_tail(const tl_weight *w, int64_t r, int64_t c0, float *out) {
     const void *row = row_data(w, r);
     const int64_t n = w->cols - c0;
@@ -201,8 +201,10 @@ static void decode_row(const tl_weight *w, int64_t r, float *restrict out) {
         const codes c = block_codes((int)w->kind, row, b);
         for (int j = 0; j < BLOCK / VL; ++j) vf_store(out + b * BLOCK + j * VL, weight_vec((int)w->kind, row, b, j, c) * s);
     }
-    row_tail(w, r, full * BLOCK, out + full * BLOCK);
-    for (int64_t c = full * BLOCK; c < w->cols; ++c) out[c] *= s;
+    if (full * BLOCK < w->cols) {
+        row_tail(w, r, full * BLOCK, out + full * BLOCK);
+        for (int64_t c = full * BLOCK; c < w->cols; ++c) out[c] *= s;
+    }
 }
 
 static inline float dot(const float *restrict a, const float *restrict b, int64_t n) {
