@@ -20,6 +20,7 @@ from tilelli.infer.weights import KIND_T2
 from tilelli.kernels.build import NativeLibrary
 from tilelli.model.checkpoint import SHIPPED_DIR, load, save
 from tilelli.model.models import build_model
+from tilelli.model.pathways import attention
 
 pytestmark = pytest.mark.skipif(library.load() is None, reason="no C compiler: the native engine cannot be built")
 
@@ -186,15 +187,67 @@ def confidences(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).max(axis=1)
 
 
+NEAR_TIE = 1e-5  # relative gap between the k-th and the next score that float rounding can flip
+
+
+def reference_taking(decoder: TorchDecoder, data: bytes, flips: set, monkeypatch) -> tuple[np.ndarray, np.ndarray]:
+    """The PyTorch path's logits over `data`, with top-k attention made to take the other side
+    of the near-ties in `flips` ((layer, head, query) triples), and each (layer, head, query)'s
+    relative gap between its k-th and next score: (T, V) logits, (layers, heads, T) gaps.
+
+    Why: the two paths compute q and k in different float orders, so where two keys' scores
+    differ by less than that rounding (1e-7 relative here), no rule can make them agree on
+    which key is the k-th (the shipped lite-fp32 chat model has one in this text: two scores
+    that round to the same float32 in PyTorch, 3e-6 apart in the engine's double sums);
+    everywhere else they must agree to 1e-4."""
+    layers = [m for m in decoder.model.modules() if isinstance(m, attention.CausalAttention)]
+    now, gaps, earliest = {}, {}, attention.top_k_earliest
+
+    def taking(scores: torch.Tensor, top_k: int) -> torch.Tensor:  # scores (1, H, Tq, Tk)
+        keep = earliest(scores, top_k)
+        layer, (tq, tk) = now["layer"], scores.shape[-2:]
+        first = tk - tq  # query positions first..tk-1 see keys 0..their own position
+        if tk > top_k:
+            top = scores.topk(top_k + 1, dim=-1).values  # (1, H, Tq, k+1), sorted
+            gap = (top[..., -2] - top[..., -1]) / top[..., -2].abs().clamp(min=1)
+            gaps.setdefault(layer, torch.full((scores.shape[1], len(data)), np.inf))[:, first:tk] = \
+                torch.nan_to_num(gap[0], nan=np.inf)
+        for fl, h, q in flips:
+            if fl == layer and first <= q < tk:
+                row, kept = scores[0, h, q - first], keep[0, h, q - first]
+                out = torch.where(kept, row, np.inf).argmin()  # the lowest kept key
+                into = torch.where(kept, -np.inf, row).argmax()  # the next one
+                kept[out], kept[into] = False, True
+        return keep
+
+    hooks = [layer.register_forward_pre_hook(lambda _m, _a, _i=i: now.update(layer=_i))
+             for i, layer in enumerate(layers)]
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(attention, "top_k_earliest", taking)
+            patch.setattr(attention.kernel, "applicable", lambda *a: False)
+            logits = decoder.forward([decoder.new_sequence()], [data], all_logits=True)  # (T, V)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    table = np.full((len(layers), layers[0].n_heads, len(data)), np.inf)
+    for layer, gap in gaps.items():
+        table[layer] = gap.numpy()
+    return logits, table
+
+
 @pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_checkpoints_match_the_pytorch_path(name):
+def test_shipped_checkpoints_match_the_pytorch_path(name, monkeypatch):
     """Every shipped checkpoint (the chat ones too): teacher-forced logits on 1,000 bytes of
     held-out text within 1e-4 at every position, and 512 greedy bytes identical, each byte's
     confidence within 1e-4 of the PyTorch path's full pass over the same bytes. Both paths keep
-    the same keys in top-k attention, ties included (the earliest wins). (Against the PyTorch
-    path's own cached decoding the confidences are compared only loosely: on lite-fp32 that
-    decoding takes another side of a float-rounding near-tie than its own full pass, and is
-    2e-3 off both it and the engine.)"""
+    the same keys in top-k attention, ties included (the earliest wins).
+
+    Where the engine parts from the PyTorch path, the first position it parts at must hold a
+    float-rounding near-tie at the k-th key (relative gap < NEAR_TIE); the PyTorch path then
+    takes the other side of that tie and must match again, at every position (at most 3 such
+    ties in the text). (Against the PyTorch path's own cached decoding the confidences are
+    compared only loosely: it can take another side of such a near-tie than its full pass.)"""
     path = SHIPPED_DIR / name
     ref, fast = load(path), NativeModel.load(path)
     tref = TorchDecoder(ref)
@@ -206,6 +259,16 @@ def test_shipped_checkpoints_match_the_pytorch_path(name):
     if not VALID.is_file():
         pytest.skip("../shared/data is not here")
     data = VALID.read_bytes()[:1000]
-    want = tref.forward([tref.new_sequence()], [data], all_logits=True)  # (1000, 256)
-    got = fast.forward([fast.new_sequence()], [data], all_logits=True)
-    assert np.abs(got - want).max() <= 1e-4
+    got = fast.forward([fast.new_sequence()], [data], all_logits=True)  # (1000, 256)
+    flips: set[tuple[int, int, int]] = set()
+    for _ in range(4):
+        want, gaps = reference_taking(tref, data, flips, monkeypatch)
+        off = np.abs(got - want).max(axis=1)  # (1000,)
+        if off.max() <= 1e-4:
+            break
+        p = int(np.argmax(off > 1e-4))
+        layer, head = np.unravel_index(np.argmin(gaps[:, :, p]), gaps.shape[:2])
+        assert gaps[layer, head, p] < NEAR_TIE, f"position {p} is {off[p]:.2g} off, with no near-tie there"
+        flips.add((int(layer), int(head), p))
+    else:
+        pytest.fail(f"more than 3 near-ties, or one that does not explain the difference: {sorted(flips)}")

@@ -73,12 +73,15 @@ typedef struct {
  * Per instruction set: vf_sum (the lanes' sum), vf_bf16 (VL bfloat16 widened to floats),
  * t2_load (one block's 8 code words widened into a register) and t2_trits(c, j) (the trits of
  * the block's weights j * VL .. j * VL + VL - 1); NT, the inputs a batched product streams past
- * 2 weight rows (its accumulators must fit in 32 vector registers with AVX-512, 16 otherwise).
+ * 2 weight rows (its accumulators must fit in 32 vector registers with AVX-512, 16 otherwise);
+ * R1, the weight rows one input's product takes at a time (2 where a vf is a pair of 128-bit
+ * registers, as in the browser's SIMD128: with 4, codes and accumulators spill, 1.6x slower).
  * vf_zero/vf_load/vf_store/vf_fma follow, common to all. */
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define VL 16
 #define NT 8
+#define R1 4
 typedef __m512 vf;
 typedef __m512i codes;
 static inline float vf_sum(vf v) { return _mm512_reduce_add_ps(v); }
@@ -99,6 +102,7 @@ static inline vf t2_trits(codes c, int j) {
 #include <immintrin.h>
 #define VL 8
 #define NT 4
+#define R1 4
 typedef __m256 vf;
 typedef __m256i codes;
 static inline float vf_sum(vf v) {
@@ -114,9 +118,10 @@ static inline vf t2_trits(codes c, int j) {
     const __m256 trit = _mm256_setr_ps(-1, 0, 1, 0, -1, 0, 1, 0);
     return _mm256_permutevar_ps(trit, _mm256_srli_epi32(c, 2 * j));
 }
-#else /* portable: GCC/Clang vector extensions (SSE pairs on x86, NEON on Arm), the AVX2 layout */
+#else /* portable: GCC/Clang vector extensions (SSE pairs on x86, NEON on Arm, SIMD128 in the browser), the AVX2 layout */
 #define VL 8
 #define NT 4
+#define R1 2
 typedef float vf __attribute__((vector_size(32)));
 typedef int32_t codes __attribute__((vector_size(32)));
 static inline float vf_sum(vf v) {
@@ -124,20 +129,19 @@ static inline float vf_sum(vf v) {
     for (int i = 0; i < VL; ++i) s += v[i];
     return s;
 }
+typedef uint16_t words8 __attribute__((vector_size(16)));
 static inline vf vf_bf16(const uint16_t *p) {
-    codes bits;
-    for (int i = 0; i < VL; ++i) bits[i] = (int32_t)((uint32_t)p[i] << 16);
-    return (vf)bits;
+    words8 h;
+    memcpy(&h, p, sizeof h);
+    return (vf)(__builtin_convertvector(h, codes) << 16);
 }
 static inline codes t2_load(const uint16_t *block) {
-    codes c;
-    for (int i = 0; i < 8; ++i) c[i] = block[i];
-    return c;
+    words8 h;
+    memcpy(&h, block, sizeof h);
+    return __builtin_convertvector(h, codes);
 }
-static inline vf t2_trits(codes c, int j) {
-    const codes k = (c >> (2 * j)) & 3;
-    return __builtin_convertvector((k == 0) - (k == 2), vf);  /* comparisons give -1 where true */
-}
+/* trit = code - 1 (pack_2bit writes codes 0, 1, 2 only) */
+static inline vf t2_trits(codes c, int j) { return __builtin_convertvector((c >> (2 * j)) & 3, vf) - 1.0f; }
 #endif
 /* vf is a GCC/Clang vector type in every case (__m512 and __m256 are too), so these are common */
 static inline vf vf_zero(void) { return (vf){0}; }
@@ -257,7 +261,7 @@ static void gelu(float *y, int64_t n) {
 
 /* out[t][r] = W[rows[r]] . xs[t] for r < R, t < T: R weight rows decoded block by block in
  * registers, each weight vector used by all T inputs, R * T accumulators. The one kernel of
- * every product: R x T is 4 x 1 for one input, 2 x NT for a few, 4 x 2 for a prompt's many
+ * every product: R x T is R1 x 1 for one input, 2 x NT for a few, 4 x 2 for a prompt's many
  * (on a decoded float panel). Called with constant kind, R and T, so each use is specialised. */
 static inline __attribute__((always_inline)) void tile(const tl_weight *w, int kind, const int64_t rows[MAX_R],
                                                        int R, const float *const xs[MAX_T], int T,
@@ -329,7 +333,7 @@ static void matmul_item(const tl_weight *w, int64_t i, const float *x, int64_t l
                         int64_t ldy, float *scratch, int apply_gelu) {
     const int64_t p0 = i * ITEM, np = w->rows - p0 < ITEM ? w->rows - p0 : ITEM;
     if (n == 1) {
-        tiles_of_kind(w, p0, np, x, ldx, n, y + p0, ldy, 4, 1);
+        tiles_of_kind(w, p0, np, x, ldx, n, y + p0, ldy, R1, 1);
     } else if (n <= SMALL_BATCH) {
         tiles_of_kind(w, p0, np, x, ldx, n, y + p0, ldy, 2, NT);
     } else if (w->kind == W_F32) {

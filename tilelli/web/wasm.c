@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "avx2_on_wasm.h" /* engine.c's vector paths on SIMD128 */
 #include "engine.c"
 #include "model_file.c"
 #include "decode.c"

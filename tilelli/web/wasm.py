@@ -2,9 +2,10 @@
 a main), with Debian's clang and WASI libc; built on first use into the kernel cache, never at
 import, like every native part (`tilelli.kernels.build.built`).
 
-The engine's AVX2 paths run on SIMD128 (avx2_on_wasm.h); `-fopenmp-simd` lets clang vectorise
-its `omp simd` loops too; one thread, no OpenMP runtime. The module imports three WASI calls that the
-worker stubs: it reads no files and writes nothing.
+SIMD128 runs engine.c's portable vector branch (GCC/Clang vector types, lowered to pairs of
+128-bit registers); `-fopenmp-simd` lets clang vectorise its `omp simd` loops too; one thread,
+no OpenMP runtime. The module imports three WASI calls that the worker stubs: it reads no files
+and writes nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def build_wasm() -> Path:
         raise TilelliError(missing)
     try:
         here = Path(__file__).parent
-        return built("engine", [here / "wasm.c", here / "avx2_on_wasm.h", *ENGINE_PARTS], [COMPILER, *FLAGS], ".wasm",
+        return built("engine", [here / "wasm.c", *ENGINE_PARTS], [COMPILER, *FLAGS], ".wasm",
                      ["-lm"])
     except FileNotFoundError:
         raise TilelliError(missing) from None
