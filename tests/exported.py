@@ -37,17 +37,17 @@ def tiny_checkpoint(tmp_path: Path, kind: str, chat_rule: AbstainRule | None = N
     return path
 
 
-def export(checkpoint: Path, out: Path, form: str) -> Path:
-    """`tilelli export --checkpoint CHECKPOINT --FORM --out OUT`."""
-    assert main(["export", "--checkpoint", str(checkpoint), f"--{form}", "--out", str(out)]) == 0
+def export(checkpoint: Path, out: Path, form: str, *options: str) -> Path:
+    """`tilelli export --checkpoint CHECKPOINT --FORM --out OUT [OPTIONS]`."""
+    assert main(["export", "--checkpoint", str(checkpoint), f"--{form}", "--out", str(out), *options]) == 0
     return out
 
 
-def generated(checkpoint: Path, capsysbinary, n: int = 64) -> bytes:
-    """What `tilelli generate --temperature 0 --max-new-tokens N` prints for PROMPT."""
+def generated(checkpoint: Path, capsysbinary, n: int = 64, *options: str) -> bytes:
+    """What `tilelli generate --temperature 0 --max-new-tokens N [OPTIONS]` prints for PROMPT."""
     capsysbinary.readouterr()
     assert main(["generate", "--checkpoint", str(checkpoint), "--prompt", PROMPT, "--temperature", "0",
-                 "--max-new-tokens", str(n), "--threads", "1"]) == 0
+                 "--max-new-tokens", str(n), "--threads", "1", *options]) == 0
     return capsysbinary.readouterr().out
 
 

@@ -21,6 +21,7 @@ from tilelli.kernels.build import NativeLibrary
 from tilelli.model.checkpoint import SHIPPED_DIR, load, save
 from tilelli.model.models import build_model
 from tilelli.model.pathways import attention
+from tilelli.model.ternary import use_int8_inputs
 
 pytestmark = pytest.mark.skipif(library.load() is None, reason="no C compiler: the native engine cannot be built")
 
@@ -134,12 +135,37 @@ def test_every_instruction_set_path_gives_the_same_logits(tmp_path, flags, monke
     data = text(150)
     for name, kw, how in (VARIANTS[0], VARIANTS[6], VARIANTS[7]):
         path = saved(tmp_path, name, kw, how)
-        outs = []
-        for model in (NativeModel.load(path), NativeModel.load(path, lib=other)):
-            seqs = [model.new_sequence(), model.new_sequence()]  # a prompt pass, then batched steps
-            outs.append(np.concatenate([model.forward(seqs, [data, data[:7]])] +
-                                       [model.forward(seqs, [b"x", b"y"]) for _ in range(3)]))
-        np.testing.assert_allclose(outs[1], outs[0], atol=2e-4, rtol=0)
+        for int8 in (False, True) if how == "packed" else (False,):  # the integer path of a ternary model
+            outs = []
+            for model in (NativeModel.load(path, int8=int8), NativeModel.load(path, lib=other, int8=int8)):
+                seqs = [model.new_sequence(), model.new_sequence()]  # a prompt pass, then batched steps
+                outs.append(np.concatenate([model.forward(seqs, [data, data[:7]])] +
+                                           [model.forward(seqs, [b"x", b"y"]) for _ in range(3)]))
+            np.testing.assert_allclose(outs[1], outs[0], atol=2e-4, rtol=0)
+
+
+TERNARY = [v for v in VARIANTS if v[2] in ("packed", "latent")]
+
+
+@pytest.mark.parametrize("name,kw,how", TERNARY, ids=[IDS[VARIANTS.index(v)] for v in TERNARY])
+def test_int8_path_is_the_pytorch_int8_path(tmp_path, name, kw, how):
+    """The integer path (`int8=True`; `use_int8_inputs` in PyTorch): the same int8 inputs and
+    integer sums, so logits agree to the float rounding of the other ops, a prompt pass and
+    single steps alike, and greedy bytes are identical; and it is not the float path."""
+    path = saved(tmp_path, name, kw, how)
+    ref = load(path)
+    assert use_int8_inputs(ref) > 0
+    tref, fast = TorchDecoder(ref), NativeModel.load(path, int8=True)
+    data = text(150)
+    want = tref.forward([tref.new_sequence()], [data], all_logits=True)  # (150, 256)
+    np.testing.assert_allclose(fast.forward([fast.new_sequence()], [data], all_logits=True), want, atol=1e-5, rtol=0)
+    seq = fast.new_sequence()
+    steps = np.concatenate([fast.forward([seq], [data[i:i + 1]]) for i in range(20)])  # (20, 256)
+    np.testing.assert_allclose(steps, want[:20], atol=1e-5, rtol=0)
+    flt = NativeModel.load(path)
+    assert np.abs(flt.forward([flt.new_sequence()], [data], all_logits=True) - want).max() > 1e-3
+    cfg = SamplingConfig(max_new_tokens=40, temperature=0)
+    assert same_generation(generate(fast, b"Hi", cfg), generate(load_decoder(path, "torch", int8=True), b"Hi", cfg))
 
 
 def test_ternary_weights_stay_two_bits(tmp_path):

@@ -47,6 +47,8 @@ def test_greedy_output_is_tilelli_generates(tmp_path, capsysbinary, kind):
 def test_shipped_default_model(tmp_path, capsysbinary):
     out = export(SHIPPED, tmp_path / "native", "native")
     assert run(out, "-p", PROMPT, "-n", "64", "--temperature", "0").stdout == generated(SHIPPED, capsysbinary)
+    got = run(out, "-p", PROMPT, "-n", "64", "--temperature", "0", "--int8")  # the integer path
+    assert got.returncode == 0 and got.stdout == generated(SHIPPED, capsysbinary, 64, "--int8")
 
 
 @pytest.mark.parametrize("surprise", [1e9, 1.0], ids=["answers", "abstains"])

@@ -10,7 +10,10 @@ from tilelli.model.ternary import (
     TernaryEmbedding,
     TernaryLinear,
     hadamard_rotate,
+    int8_product,
+    quantize_int8,
     ternarize,
+    use_int8_inputs,
 )
 
 Q = TernaryOptions(quantize=True)
@@ -140,3 +143,30 @@ def test_one_quantizer_for_training_and_the_engine(opts):
     trained = layer.effective_weight().detach().numpy()
     assert np.array_equal(np.sign(engine), np.sign(trained))  # the same trits
     np.testing.assert_allclose(engine, trained, rtol=1e-6, atol=0)
+
+
+def test_int8_product_is_integer_arithmetic():
+    """q = rint(x * 127 / max|x|) per row (a zero row gives zeros), and q @ trits^T summed in
+    int64 then scaled gives exactly what int8_product returns (float32 holds the sums)."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 300) * torch.tensor([[1.0], [1e-3], [0.0], [50.0], [1.0]])
+    trits, scale = torch.randint(-1, 2, (7, 300)).float(), torch.tensor([0.3])
+    q, sx = quantize_int8(x)
+    assert q[2].abs().max() == 0 and q.abs().max() == 127 and torch.equal(q, q.round())
+    assert torch.equal(q.abs().amax(dim=1), torch.tensor([127.0, 127, 0, 127, 127]))
+    acc = q.numpy().astype(np.int64) @ trits.numpy().astype(np.int64).T  # (5, 7)
+    want = acc.astype(np.float32) * (sx.numpy() * np.float32(0.3))
+    assert np.array_equal(int8_product(x, trits, scale).numpy(), want)
+    assert not np.allclose(want, (x @ trits.T * 0.3).numpy(), atol=1e-4)  # it is an approximation
+
+
+def test_use_int8_inputs_turns_quantized_linear_layers_only():
+    from conftest import tiny
+
+    from tilelli.model.models import build_model
+
+    ternary, fp32 = build_model(tiny("tilelli-lite-ternary")), build_model(tiny("tilelli-lite-fp32"))
+    n = use_int8_inputs(ternary)
+    assert n == 4 * ternary.config.n_layers + 1 and use_int8_inputs(fp32) == 0  # qkv, proj, up, down; head
+    assert use_int8_inputs(ternary, on=False) == n
+    assert not any(getattr(m, "int8_inputs", False) for m in ternary.modules())

@@ -52,10 +52,12 @@ def test_greedy_continuation_is_tilelli_generates_and_stays_on_its_origin(browse
 
 
 @needs_browser
-def test_shipped_default_model(browser, tmp_path, capsysbinary):  # noqa: F811
-    site = export(SHIPPED, tmp_path / "site", "web")
+@pytest.mark.parametrize("options", [(), ("--int8",)], ids=["float", "int8"])
+def test_shipped_default_model(browser, tmp_path, capsysbinary, options):  # noqa: F811
+    site = export(SHIPPED, tmp_path / "site", "web", *options)  # --int8: the page runs the integer path
     with static_server(site) as (url, _):
-        assert (PROMPT + completed(browser, url) + "\n").encode() == generated(SHIPPED, capsysbinary)  # valid UTF-8
+        text = completed(browser, url)
+    assert (PROMPT + text + "\n").encode() == generated(SHIPPED, capsysbinary, 64, *options)  # valid UTF-8
 
 
 @needs_browser

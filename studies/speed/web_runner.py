@@ -4,7 +4,9 @@ Measured back to back in one run, on the default ternary model (tilelli-lite-ter
 thread each: greedy decode speed of the Python-hosted engine, of the runner (`tilelli export
 --native`) and of headless Chromium running the exported site (WebAssembly in a Web Worker);
 the runner's start (a 1-byte run, load to exit) and the page's first byte (from navigation
-start); the size of the exported site of the ternary chat model. The targets (issue 27):
+start); the size of the exported site of the ternary chat model. Each on the float path (the
+default) and on the integer path (`--int8`: ternary layers take int8 inputs), whose SIMD128
+kernel is where the browser gains most. The targets (issue 27):
 browser >= 50 % of the native engine, first byte <= 2 s, site <= 8 MB, runner within 10 % of
 the Python-hosted engine, runner start <= 50 ms. Ratios are what count on a loaded machine, so
 the 1-minute load is recorded.
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,30 +28,31 @@ from pathlib import Path
 
 from studies.common import add_output_args, publish, results_dir
 from tilelli.cli import main as cli
+from tilelli.infer.bench import cpu_line, machine
 from tilelli.infer.engine import NativeModel
 from tilelli.infer.generate import SamplingConfig, stream
 from tilelli.infer.model_file import MODEL_FILE
 from tilelli.infer.runner import RUNNER
 from tilelli.model.checkpoint_files import SHIPPED_DIR
-from tilelli.train.trainer import cpu_name
 
 RESULTS = results_dir(__file__)
 PROMPT = "Once upon a time"
 
 
-def engine_decode(path: Path, n: int) -> float:
+def engine_decode(path: Path, n: int, int8: bool = False) -> float:
     """Bytes per second of the Python-hosted engine's greedy decode (after the first byte)."""
-    gen = stream(NativeModel.load(path, threads=1), PROMPT.encode(), SamplingConfig(max_new_tokens=n, temperature=0))
+    gen = stream(NativeModel.load(path, threads=1, int8=int8), PROMPT.encode(),
+                 SamplingConfig(max_new_tokens=n, temperature=0))
     next(gen)
     t0 = time.perf_counter()
     got = sum(1 for _ in gen)
     return got / (time.perf_counter() - t0)
 
 
-def runner_seconds(out: Path, n: int) -> float:
+def runner_seconds(out: Path, n: int, *options: str) -> float:
     t0 = time.perf_counter()
     subprocess.run([str(out / RUNNER), str(out / MODEL_FILE), "-p", PROMPT, "-n", str(n), "--temperature", "0",
-                    "-t", "1"], check=True, capture_output=True)
+                    "-t", "1", *options], check=True, capture_output=True)
     return time.perf_counter() - t0
 
 
@@ -94,36 +96,52 @@ def main() -> None:
     lite, chat = SHIPPED_DIR / "tilelli-lite-ternary", SHIPPED_DIR / "tilelli-chat-lite-ternary"
     load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
-        out = {form: Path(tmp) / form for form in ("native", "web", "chat-web")}
-        for form, ckpt in (("native", lite), ("web", lite), ("chat-web", chat)):
-            assert cli(["export", "--checkpoint", str(ckpt), f"--{form.split('-')[-1]}", "--out", str(out[form])]) == 0
+        out = {form: Path(tmp) / form for form in ("native", "web", "web-int8", "chat-web")}
+        for form, ckpt, options in (("native", lite, ["--native"]), ("web", lite, ["--web"]),
+                                    ("web-int8", lite, ["--web", "--int8"]), ("chat-web", chat, ["--web"])):
+            assert cli(["export", "--checkpoint", str(ckpt), *options, "--out", str(out[form])]) == 0
         rounds = []
-        for _ in range(args.repeats):  # back to back, each round all three
-            engine = engine_decode(lite, args.bytes + 1)
-            runner = args.bytes / (runner_seconds(out["native"], args.bytes + 1) - runner_seconds(out["native"], 1))
-            first_ms, browser = browser_run(out["web"], args.bytes + 1)
-            rounds.append({"engine": engine, "runner": runner, "browser": browser, "first_byte_ms": first_ms,
-                           "runner_start_ms": 1000 * min(runner_seconds(out["native"], 1) for _ in range(5))})
+        paths = (("", (), "web"), ("_int8", ("--int8",), "web-int8"))  # the float path, the integer path
+        for _ in range(args.repeats):  # back to back, each round everything
+            row = {}
+            for suffix, flags, site in paths:
+                row["engine" + suffix] = engine_decode(lite, args.bytes + 1, bool(flags))
+                row["runner" + suffix] = args.bytes / (runner_seconds(out["native"], args.bytes + 1, *flags) -
+                                                       runner_seconds(out["native"], 1, *flags))
+                row["first_byte_ms" + suffix], row["browser" + suffix] = browser_run(out[site], args.bytes + 1)
+            row["runner_start_ms"] = 1000 * min(runner_seconds(out["native"], 1) for _ in range(5))
+            rounds.append(row)
         site = site_bytes(out["chat-web"])
     load.append(os.getloadavg()[0])
     med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-    result = {"benchmark": "web_runner", "cpu": cpu_name(), "cpus": os.cpu_count(), "platform": platform.platform(),
-              "load_avg_1min": load, "python": sys.version.split()[0], "bytes": args.bytes, "rounds": rounds,
+    result = {"benchmark": "web_runner", "machine": machine(), "load_avg_1min": load,
+              "python": sys.version.split()[0], "bytes": args.bytes, "rounds": rounds,
               "median": med, "browser_over_engine": med["browser"] / med["engine"],
+              "browser_int8_over_engine": med["browser_int8"] / med["engine"],
+              "browser_int8_over_engine_int8": med["browser_int8"] / med["engine_int8"],
               "runner_over_engine": med["runner"] / med["engine"], "chat_site_bytes": site,
               "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     rows = [("browser decode / native engine (1 thread)", f"{result['browser_over_engine']:.0%}", ">= 50 %"),
+            ("browser, integer path / native engine (float, the default)",
+             f"{result['browser_int8_over_engine']:.0%}", ">= 50 %"),
+            ("browser, integer path / native engine, integer path",
+             f"{result['browser_int8_over_engine_int8']:.0%}", "(same path)"),
             ("first byte after page load starts", f"{med['first_byte_ms']:.0f} ms", "<= 2 s"),
             ("exported site, ternary chat model", f"{site / 1e6:.2f} MB", "<= 8 MB"),
             ("runner decode / Python-hosted engine (1 thread)", f"{result['runner_over_engine']:.0%}", "90-110 %"),
             ("runner start (1-byte run, load to exit)", f"{med['runner_start_ms']:.0f} ms", "<= 50 ms")]
     md = ["# The model without Python: browser tab and standalone runner", "",
           f"tilelli-lite-ternary, greedy, {args.bytes} bytes, one thread, median of {args.repeats} back-to-back "
-          f"rounds; {result['cpu']} ({result['cpus']} CPUs), 1-minute load {load[0]:.1f} before, {load[1]:.1f} after "
+          f"rounds; {cpu_line(result['machine'])}, {result['machine']['cpus']} CPUs, 1-minute load {load[0]:.1f} "
+          f"before, {load[1]:.1f} after "
           "(other work shared the CPUs: the ratios are what count). Written by `python -m studies.speed.web_runner`.",
           "", "| measure | value | target |", "|---|---:|---|", *(f"| {a} | {b} | {c} |" for a, b, c in rows), "",
-          f"Decode speed, bytes/s: native engine {med['engine']:.0f}, runner {med['runner']:.0f}, "
-          f"browser {med['browser']:.0f}.", ""]
+          "Decode speed, bytes/s:", "",
+          "| path | native engine | runner | browser | first byte in the page |", "|---|---:|---:|---:|---:|",
+          *(f"| {name} | {med['engine' + k]:.0f} | {med['runner' + k]:.0f} | {med['browser' + k]:.0f} | "
+            f"{med['first_byte_ms' + k]:.0f} ms |"
+            for name, k in (("float (default)", ""), ("integer (--int8)", "_int8"))),
+          ""]
     publish(args, "web_runner", result, "\n".join(md))
     print("\n".join(md))
 

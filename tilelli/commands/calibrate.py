@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from tilelli.infer import load_decoder
     from tilelli.train.trainer import git_state
 
-    decoder = load_decoder(path, args.engine, args.threads)
+    decoder = load_decoder(path, args.engine, args.threads, args.int8)
     detector = fit_detector(decoder, train, args.detector_prompts) if args.detector_prompts else None
     signals = row_signals(decoder, rows)
     kinds = sorted({r.get("kind", "request") for r in rows})

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     sampling = replace(CHAT_SAMPLING, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                        top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     rule = abstain_rule(args.abstain_threshold, path)
-    session = ChatSession(load_decoder(path, args.engine, args.threads), sampling, rule)
+    session = ChatSession(load_decoder(path, args.engine, args.threads, args.int8), sampling, rule)
     if prompt is not None:
         return _one_shot(session, prompt, args.json)
     return _interactive(session, path.name)

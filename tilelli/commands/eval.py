@@ -13,7 +13,7 @@ import math
 import sys
 from pathlib import Path
 
-from tilelli.commands.options import add_threads_argument, int_range, positive_int, seed
+from tilelli.commands.options import add_int8_argument, add_threads_argument, int_range, positive_int, seed
 from tilelli.errors import TilelliError
 
 # A 95 % percentile interval reads its 2.5 % tails off the sorted resamples: with fewer than
@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int_range(MIN_BOOTSTRAP), default=1000,
                         help=f"bootstrap resamples, at least {MIN_BOOTSTRAP} (default 1000)")
     parser.add_argument("--seed", type=seed, default=0, help="bootstrap seed (default 0)")
+    add_int8_argument(parser)
     add_threads_argument(parser, zero="torch's default")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (there is none either when stderr is not a terminal)")
@@ -61,6 +62,11 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load(args.checkpoint or default_checkpoint())
+    if args.int8:
+        from tilelli.model.ternary import use_int8_inputs
+
+        if not use_int8_inputs(model):
+            raise TilelliError("--int8 is for ternary models: this one has no quantized layer")
     if args.seq_len > model.config.max_seq_len:
         raise TilelliError(f"--seq-len {args.seq_len} exceeds the model's context {model.config.max_seq_len}")
     positions = data.stat().st_size - 1  # what the windows cover; the bar counts it

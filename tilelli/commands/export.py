@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="a static site (index.html, engine.wasm, model.tlm) that chats in the browser tab")
     form.add_argument("--native", action="store_true",
                       help="a standalone runner binary (tilelli-run) and its model.tlm, no Python needed")
+    parser.add_argument("--int8", action="store_true",
+                        help="with --web: the page runs the integer path (ternary layers take int8 inputs; "
+                             "faster, docs/engine.md gives its bpb cost); the runner takes --int8 itself")
     parser.add_argument("--check-data", default=None,
                         help="valid data (file or prepared dir) on which --bf16 must keep bpb within --max-change")
     parser.add_argument("--max-change", type=float_range(0.0, lo_open=True), default=0.002,
@@ -72,6 +75,9 @@ def _check_args(args: argparse.Namespace) -> None:
     check_writable_dir(args.out, "--out")
     if not Path(args.checkpoint).exists():
         raise TilelliError(f"no checkpoint at {args.checkpoint}: the directory does not exist")
+    if args.int8 and not args.web:
+        raise TilelliError("--int8 goes with --web (tilelli-run takes --int8 when it runs; generate, chat and "
+                           "serve take --int8 too)")
     if args.bf16 and not args.check_data:
         raise TilelliError("--bf16 needs --check-data (valid data to measure what bf16 costs in bpb)")
     if args.check_data:
@@ -124,7 +130,8 @@ def _export_runnable(args: argparse.Namespace) -> int:
     if args.web:
         from tilelli.web.site import write_site
 
-        program = write_site
+        def program(tmp: Path) -> None:
+            write_site(tmp, args.int8)
     else:
         from tilelli.infer.runner import RUNNER, build_runner
 

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tilelli.infer import load_decoder
 
-    gen = stream(load_decoder(path, args.engine, args.threads), prompt, cfg)
+    gen = stream(load_decoder(path, args.engine, args.threads, args.int8), prompt, cfg)
     out = sys.stdout.buffer
     colour = args.show_confidence and sys.stdout.isatty() and not args.json
     got, probs = bytearray(), []

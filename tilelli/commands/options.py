@@ -99,7 +99,14 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=("auto", "native", "torch"), default="auto",
                         help="auto: the native engine when it can run the model, else PyTorch (default); "
                              "torch: the PyTorch reference path")
+    add_int8_argument(parser)
     add_threads_argument(parser)
+
+
+def add_int8_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--int8", action="store_true",
+                        help="the integer path: ternary layers take inputs quantized to int8 per byte "
+                             "(faster; docs/engine.md gives its bpb cost)")
 
 
 def abstain_threshold(s: str) -> float | str:

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(lambda: load_decoder(path, args.engine, args.threads), path.name, defaults,
+    app = create_app(lambda: load_decoder(path, args.engine, args.threads, args.int8), path.name, defaults,
                      Limits(args.max_body_bytes, args.max_batch, args.max_queue), on_failure=stop,
                      rule=abstain_rule(args.abstain_threshold, path))
     server = uvicorn.Server(server_config(app, log_level=args.log_level, timeout_graceful_shutdown=5))

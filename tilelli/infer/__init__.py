@@ -14,11 +14,12 @@ from tilelli.errors import TilelliError
 from tilelli.limits import check_threads
 
 
-def load_decoder(path: str | os.PathLike, engine: str = "auto", threads: int = 0) -> Any:
+def load_decoder(path: str | os.PathLike, engine: str = "auto", threads: int = 0, int8: bool = False) -> Any:
     """A generation `Decoder` for the checkpoint at `path`.
 
     engine: "auto" (native when possible, else PyTorch with a note), "native" (an error
-    when impossible) or "torch" (the reference path).
+    when impossible) or "torch" (the reference path). int8: the integer path (ternary layers
+    take int8 inputs), in either engine.
     """
     if engine not in ("auto", "native", "torch"):
         raise TilelliError(f"engine {engine!r}; expected auto, native or torch")
@@ -34,7 +35,7 @@ def load_decoder(path: str | os.PathLike, engine: str = "auto", threads: int = 0
         if why is None and library.load() is None:
             why = "the native engine could not be built"
         if why is None:
-            return NativeModel.load(path, threads=threads)
+            return NativeModel.load(path, threads=threads, int8=int8)
         if engine == "native":
             raise TilelliError(f"--engine native: {why}; use --engine auto or torch")
         note(f"{why}; generating with the PyTorch path (same bytes, slower)")
@@ -45,4 +46,9 @@ def load_decoder(path: str | os.PathLike, engine: str = "auto", threads: int = 0
 
     if threads:
         torch.set_num_threads(threads)
-    return TorchDecoder(load(path))
+    model = load(path)
+    if int8:
+        from tilelli.model.ternary import use_int8_inputs
+
+        use_int8_inputs(model)
+    return TorchDecoder(model)

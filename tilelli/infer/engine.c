@@ -17,6 +17,14 @@
  * to int32 lanes, each shift by 2s gives in every lane an index that a permute turns into the
  * float trits of 8 consecutive weights. The padding of a last partial block holds code 1 (0).
  *
+ * The integer path (`tl_model.int8`, an option): a ternary layer's inputs are quantized per token
+ * to int8 (absmax, q = rint(x * 127 / max|x|)) and multiplied with the codes in int32, exactly;
+ * y = (float)(sum of trit * q) * (max|x| / 127 * scale). tilelli/model/ternary.py's
+ * `int8_product` is the same arithmetic, so both paths give the same numbers. For it a block's
+ * 16 bytes are read as bytes: shifting them by 2k (k = 0..3) and keeping 2 bits gives 16 codes
+ * of weights (k + 4h) * 8 + l at byte 2l + h, so the inputs are stored in that order
+ * (`code_order`) and the codes are used as unsigned bytes (sum of code * q, less sum of q).
+ *
  * Threads: the caller's thread count; one OpenMP parallel region per call; every op below is
  * called by every thread and shares its work out with `omp for` (rows of a matrix, tokens,
  * attention heads).
@@ -30,6 +38,7 @@
 #endif
 
 enum { W_F32 = 0, W_BF16 = 1, W_T2 = 2 };
+enum { T2_INT8 = 3 };  /* not a storage kind: the product of T2 codes with int8 inputs */
 enum { ARCH_LITE = 0, ARCH_VANILLA = 1 };
 #define BLOCK 64      /* weights per 2-bit block; also the columns a matrix product takes at a time */
 #define KEY_BLOCK 64  /* keys scored together; the key cache's time axis is padded to a multiple */
@@ -59,6 +68,7 @@ typedef struct {
     tl_weight tok, head;
     const float *pos, *normf_w, *normf_b;
     const tl_layer *layers;
+    int64_t int8;  /* 1: ternary layers take int8 inputs (the integer path) */
 } tl_model;
 
 typedef struct {
@@ -74,7 +84,8 @@ typedef struct {
  * t2_load (one block's 8 code words widened into a register) and t2_trits(c, j) (the trits of
  * the block's weights j * VL .. j * VL + VL - 1); NT, the inputs a batched product streams past
  * 2 weight rows (its accumulators must fit in 32 vector registers with AVX-512, 16 otherwise);
- * R1, the weight rows one input's product takes at a time (2 where a vf is a pair of 128-bit
+ * t2_bytes (a block's 64 codes as bytes, `code_order`), vi_dot (int32 lanes += codes x int8
+ * inputs) and vi_sum, the integer path's; R1, the weight rows one input's product takes at a time (2 where a vf is a pair of 128-bit
  * registers, as in the browser's SIMD128: with 4, codes and accumulators spill, 1.6x slower).
  * vf_zero/vf_load/vf_store/vf_fma follow, common to all. */
 #if defined(__AVX512F__)
@@ -98,6 +109,21 @@ static inline vf t2_trits(codes c, int j) {
     const __m512 trit = _mm512_setr_ps(-1, 0, 1, 0, -1, 0, 1, 0, -1, 0, 1, 0, -1, 0, 1, 0);
     return _mm512_permutevar_ps(trit, _mm512_srli_epi32(c, 4 * j));
 }
+typedef __m512i vi;
+typedef __m512i codes8;
+static inline codes8 t2_bytes(const uint16_t *block) {  /* the 16 bytes in each 128-bit lane k, >> 2k */
+    const __m512i w = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)block));
+    const __m512i by = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
+    return _mm512_and_si512(_mm512_srlv_epi32(w, by), _mm512_set1_epi8(3));
+}
+static inline vi vi_dot(vi acc, codes8 c, const int8_t *q) {
+#ifdef __AVX512VNNI__
+    return _mm512_dpbusd_epi32(acc, c, _mm512_loadu_si512(q));
+#else
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(c, _mm512_loadu_si512(q)), _mm512_set1_epi16(1)));
+#endif
+}
+static inline int32_t vi_sum(vi v) { return _mm512_reduce_add_epi32(v); }
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define VL 8
@@ -117,6 +143,23 @@ static inline codes t2_load(const uint16_t *block) { return _mm256_cvtepu16_epi3
 static inline vf t2_trits(codes c, int j) {
     const __m256 trit = _mm256_setr_ps(-1, 0, 1, 0, -1, 0, 1, 0);
     return _mm256_permutevar_ps(trit, _mm256_srli_epi32(c, 2 * j));
+}
+typedef __m256i vi;
+typedef struct { __m256i lo, hi; } codes8;  /* lanes k = 0, 1 and k = 2, 3 */
+static inline codes8 t2_bytes(const uint16_t *block) {
+    const __m256i w = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)block)), three = _mm256_set1_epi8(3);
+    return (codes8){_mm256_and_si256(_mm256_srlv_epi32(w, _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2)), three),
+                    _mm256_and_si256(_mm256_srlv_epi32(w, _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6)), three)};
+}
+static inline vi vi_dot(vi acc, codes8 c, const int8_t *q) {  /* pair sums <= 4 * 2 * 127: no saturation */
+    const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(c.lo, _mm256_loadu_si256((const __m256i *)q)),
+                                       _mm256_maddubs_epi16(c.hi, _mm256_loadu_si256((const __m256i *)(q + 32))));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+static inline int32_t vi_sum(vi v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1)));
 }
 #else /* portable: GCC/Clang vector extensions (SSE pairs on x86, NEON on Arm, SIMD128 in the browser), the AVX2 layout */
 #define VL 8
@@ -142,6 +185,48 @@ static inline codes t2_load(const uint16_t *block) {
 }
 /* trit = code - 1 (pack_2bit writes codes 0, 1, 2 only) */
 static inline vf t2_trits(codes c, int j) { return __builtin_convertvector((c >> (2 * j)) & 3, vf) - 1.0f; }
+typedef int32_t vi __attribute__((vector_size(32)));
+typedef uint8_t bytes16 __attribute__((vector_size(16)));
+typedef int8_t sbytes16 __attribute__((vector_size(16)));
+typedef int16_t shorts16 __attribute__((vector_size(32)));
+typedef int16_t shorts8 __attribute__((vector_size(16)));
+typedef struct { bytes16 k[4]; } codes8;
+#ifdef __wasm_simd128__
+#include <wasm_simd128.h>
+typedef int32_t ints4 __attribute__((vector_size(16)));
+#endif
+static inline codes8 t2_bytes(const uint16_t *block) {
+    bytes16 w;
+    memcpy(&w, block, sizeof w);
+    return (codes8){{w & 3, (w >> 2) & 3, (w >> 4) & 3, (w >> 6) & 3}};
+}
+static inline vi vi_dot(vi acc, codes8 c, const int8_t *q) {  /* 16-bit sums <= 4 * 2 * 127 */
+#ifdef __wasm_simd128__ /* the browser: SIMD128's widening multiply, 3x the generic code's speed */
+    v128_t lo = wasm_i16x8_splat(0), hi = lo;
+    for (int k = 0; k < 4; ++k) {
+        const v128_t ck = (v128_t)c.k[k], qk = wasm_v128_load(q + 16 * k);
+        lo = wasm_i16x8_add(lo, wasm_i16x8_extmul_low_i8x16(ck, qk));
+        hi = wasm_i16x8_add(hi, wasm_i16x8_extmul_high_i8x16(ck, qk));
+    }
+    return acc + __builtin_shufflevector((ints4)wasm_i32x4_extadd_pairwise_i16x8(lo),
+                                         (ints4)wasm_i32x4_extadd_pairwise_i16x8(hi), 0, 1, 2, 3, 4, 5, 6, 7);
+#else
+    shorts16 s = {0};
+    for (int k = 0; k < 4; ++k) {
+        sbytes16 qk;
+        memcpy(&qk, q + 16 * k, sizeof qk);
+        s += __builtin_convertvector(c.k[k], shorts16) * __builtin_convertvector(qk, shorts16);
+    }
+    const shorts8 lo = __builtin_shufflevector(s, s, 0, 1, 2, 3, 4, 5, 6, 7);
+    const shorts8 hi = __builtin_shufflevector(s, s, 8, 9, 10, 11, 12, 13, 14, 15);
+    return acc + __builtin_convertvector(lo, vi) + __builtin_convertvector(hi, vi);
+#endif
+}
+static inline int32_t vi_sum(vi v) {
+    int32_t s = 0;
+    for (int i = 0; i < 8; ++i) s += v[i];
+    return s;
+}
 #endif
 /* vf is a GCC/Clang vector type in every case (__m512 and __m256 are too), so these are common */
 static inline vf vf_zero(void) { return (vf){0}; }
@@ -299,66 +384,136 @@ static inline __attribute__((always_inline)) void tile(const tl_weight *w, int k
     }
 }
 
+/* The integer path's inputs: n rows of int8 in code order (`stride` bytes each, whole blocks,
+ * zero after the last column), with each row's scale max|x| / 127 and sum of q. */
+typedef struct {
+    int8_t *q;
+    float *scale;
+    int32_t *sum;
+    int64_t stride;
+} tl_int8_in;
+
+/* Where column c goes in a row of code-ordered inputs (see the integer path, top of file). */
+static inline int64_t code_order(int64_t c) {
+    const int64_t p = c % BLOCK, s = p / 8, l = p % 8;
+    return c - p + (s % 4) * 16 + 2 * l + s / 4;
+}
+
+/* in = x (n, cols) [row stride ldx] quantized per row: q = rint(x * (127 / m)), m = max|x| (at
+ * least 1e-30, so that a zero row gives zeros), as tilelli.model.ternary.quantize_int8 does. */
+static void quantize_int8(const float *x, int64_t ldx, int64_t n, int64_t cols, const tl_int8_in *in) {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < n; ++t) {
+        const float *xt = x + t * ldx;
+        int8_t *q = in->q + t * in->stride;
+        float m = 1e-30f;
+        for (int64_t c = 0; c < cols; ++c) m = fabsf(xt[c]) > m ? fabsf(xt[c]) : m;  /* not fmaxf: a libm call */
+        const float inv = 127.0f / m;
+        int32_t sum = 0;
+        memset(q, 0, (size_t)in->stride);
+        for (int64_t c = 0; c < cols; ++c) {
+            float v = rintf(xt[c] * inv);
+            v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+            q[code_order(c)] = (int8_t)v;
+            sum += (int32_t)v;
+        }
+        in->scale[t] = m / 127.0f;
+        in->sum[t] = sum;
+    }
+}
+
+/* The integer path's tile: out[t][r] = (float)(trits of W[rows[r]] . q[ts[t]]) * (scale of
+ * input ts[t] * the row's scale), the sum exact in int32: codes (trit + 1) times q, less the
+ * sum of q. Every block, the partial last too (its padding codes meet zero inputs). */
+static inline __attribute__((always_inline)) void tile_int8(const tl_weight *w, const int64_t rows[MAX_R], int R,
+                                                            const tl_int8_in *in, const int64_t ts[MAX_T], int T,
+                                                            float out[MAX_T][MAX_R]) {
+    const int64_t nb = nblocks(w->cols);
+    const uint16_t *row[MAX_R];
+    vi acc[MAX_T][MAX_R];
+    for (int r = 0; r < R; ++r) row[r] = row_data(w, rows[r]);
+    for (int t = 0; t < T; ++t)
+        for (int r = 0; r < R; ++r) acc[t][r] = (vi){0};
+    for (int64_t b = 0; b < nb; ++b) {
+        codes8 c[MAX_R];
+        for (int r = 0; r < R; ++r) c[r] = t2_bytes(row[r] + b * 8);
+        for (int t = 0; t < T; ++t) {
+            const int8_t *q = in->q + ts[t] * in->stride + b * BLOCK;
+            for (int r = 0; r < R; ++r) acc[t][r] = vi_dot(acc[t][r], c[r], q);
+        }
+    }
+    for (int t = 0; t < T; ++t)
+        for (int r = 0; r < R; ++r)
+            out[t][r] = (float)(vi_sum(acc[t][r]) - in->sum[ts[t]]) * (in->scale[ts[t]] * row_scale(w, rows[r]));
+}
+
 /* y[t][r0 + r] = W[r0 + r] . x[t] for r < nr, t < n, in R x T tiles (a short tile repeats a
  * row or an input and drops those results). */
 static inline __attribute__((always_inline)) void tiles(const tl_weight *w, int kind, int64_t r0, int64_t nr,
-                                                        const float *x, int64_t ldx, int64_t n, float *y,
-                                                        int64_t ldy, int R, int T) {
+                                                        const float *x, int64_t ldx, const tl_int8_in *in,
+                                                        int64_t n, float *y, int64_t ldy, int R, int T) {
     for (int64_t g = 0; g < nr; g += R)
         for (int64_t t0 = 0; t0 < n; t0 += T) {
-            int64_t rows[MAX_R];
+            int64_t rows[MAX_R], ts[MAX_T];
             const float *xs[MAX_T];
             float out[MAX_T][MAX_R];
             for (int r = 0; r < R; ++r) rows[r] = r0 + g + (g + r < nr ? r : 0);
-            for (int t = 0; t < T; ++t) xs[t] = x + (t0 + t < n ? t0 + t : t0) * ldx;
-            tile(w, kind, rows, R, xs, T, out);
+            for (int t = 0; t < T; ++t) xs[t] = x + (ts[t] = t0 + t < n ? t0 + t : t0) * ldx;
+            if (kind == T2_INT8) tile_int8(w, rows, R, in, ts, T, out);
+            else tile(w, kind, rows, R, xs, T, out);
             for (int t = 0; t < T && t0 + t < n; ++t)
                 for (int r = 0; r < R && g + r < nr; ++r) y[(t0 + t) * ldy + g + r] = out[t][r];
         }
 }
 
-/* tiles() specialised for w's kind. */
+/* tiles() specialised for w's kind (T2 with int8 inputs `in` when there are some). */
 static inline __attribute__((always_inline)) void tiles_of_kind(const tl_weight *w, int64_t r0, int64_t nr,
-                                                                const float *x, int64_t ldx, int64_t n,
-                                                                float *y, int64_t ldy, int R, int T) {
-    if (w->kind == W_T2) tiles(w, W_T2, r0, nr, x, ldx, n, y, ldy, R, T);
-    else if (w->kind == W_BF16) tiles(w, W_BF16, r0, nr, x, ldx, n, y, ldy, R, T);
-    else tiles(w, W_F32, r0, nr, x, ldx, n, y, ldy, R, T);
+                                                                const float *x, int64_t ldx,
+                                                                const tl_int8_in *in, int64_t n, float *y,
+                                                                int64_t ldy, int R, int T) {
+    if (w->kind == W_T2 && in) tiles(w, T2_INT8, r0, nr, x, ldx, in, n, y, ldy, R, T);
+    else if (w->kind == W_T2) tiles(w, W_T2, r0, nr, x, ldx, in, n, y, ldy, R, T);
+    else if (w->kind == W_BF16) tiles(w, W_BF16, r0, nr, x, ldx, in, n, y, ldy, R, T);
+    else tiles(w, W_F32, r0, nr, x, ldx, in, n, y, ldy, R, T);
 }
 
-/* Work item i of a product: rows i * ITEM .. of w times the n inputs. Many inputs (a prompt)
- * first decode the item's rows into this thread's `scratch` (a panel that stays in L2) and
- * stream every input past it; fewer decode the weights in registers for each tile. */
-static void matmul_item(const tl_weight *w, int64_t i, const float *x, int64_t ldx, int64_t n, float *y,
-                        int64_t ldy, float *scratch, int apply_gelu) {
+/* Work item i of a product: rows i * ITEM .. of w times the n inputs (`in`: their int8 form,
+ * for the integer path). Many float inputs (a prompt) first decode the item's rows into this
+ * thread's `scratch` (a panel that stays in L2) and stream every input past it; fewer decode the
+ * weights in registers for each tile, as the integer path always does. */
+static void matmul_item(const tl_weight *w, int64_t i, const float *x, int64_t ldx, const tl_int8_in *in, int64_t n,
+                        float *y, int64_t ldy, float *scratch, int apply_gelu) {
     const int64_t p0 = i * ITEM, np = w->rows - p0 < ITEM ? w->rows - p0 : ITEM;
     if (n == 1) {
-        tiles_of_kind(w, p0, np, x, ldx, n, y + p0, ldy, R1, 1);
-    } else if (n <= SMALL_BATCH) {
-        tiles_of_kind(w, p0, np, x, ldx, n, y + p0, ldy, 2, NT);
+        tiles_of_kind(w, p0, np, x, ldx, in, n, y + p0, ldy, R1, 1);
+    } else if (n <= SMALL_BATCH || (in && w->kind == W_T2)) {
+        tiles_of_kind(w, p0, np, x, ldx, in, n, y + p0, ldy, 2, NT);
     } else if (w->kind == W_F32) {
-        tiles(w, W_F32, p0, np, x, ldx, n, y + p0, ldy, 4, 2);
+        tiles(w, W_F32, p0, np, x, ldx, NULL, n, y + p0, ldy, 4, 2);
     } else {
         for (int64_t r = 0; r < np; ++r) decode_row(w, p0 + r, scratch + r * w->cols);
         const tl_weight panel = {W_F32, np, w->cols, scratch, NULL, 0};
-        tiles(&panel, W_F32, 0, np, x, ldx, n, y + p0, ldy, 4, 2);
+        tiles(&panel, W_F32, 0, np, x, ldx, NULL, n, y + p0, ldy, 4, 2);
     }
     if (apply_gelu)
         for (int64_t t = 0; t < n; ++t) gelu(y + t * ldy + p0, np);
 }
 
-/* y (n, rows) [row stride ldy] = x (n, cols) [ldx] @ W^T, GELU applied when `apply_gelu`.
+/* y (n, rows) [row stride ldy] = x (n, cols) [ldx] @ W^T, GELU applied when `apply_gelu`; with
+ * `in` (the integer path) a T2 weight's inputs are quantized into it first.
  * Shares ITEM-row work items among the threads: statically for a few inputs (short items, no
  * atomics), dynamically for a prompt (long items: a thread the OS holds back holds no one up). */
 static void matmul(const tl_weight *w, const float *x, int64_t ldx, int64_t n, float *y, int64_t ldy,
-                   float *scratch, int apply_gelu) {
+                   const tl_int8_in *in, float *scratch, int apply_gelu) {
     const int64_t items = (w->rows + ITEM - 1) / ITEM;
+    if (w->kind != W_T2) in = NULL;
+    if (in) quantize_int8(x, ldx, n, w->cols, in);  /* an omp for: every thread waits for the inputs */
     if (n <= SMALL_BATCH) {
 #pragma omp for schedule(static)
-        for (int64_t i = 0; i < items; ++i) matmul_item(w, i, x, ldx, n, y, ldy, scratch, apply_gelu);
+        for (int64_t i = 0; i < items; ++i) matmul_item(w, i, x, ldx, in, n, y, ldy, scratch, apply_gelu);
     } else {
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < items; ++i) matmul_item(w, i, x, ldx, n, y, ldy, scratch, apply_gelu);
+        for (int64_t i = 0; i < items; ++i) matmul_item(w, i, x, ldx, in, n, y, ldy, scratch, apply_gelu);
     }
 }
 
@@ -643,10 +798,14 @@ int tl_check_model(const tl_model *m) {
     return 0;
 }
 
+/* Bytes of one row of int8 inputs: the widest product's columns in whole blocks. */
+static int64_t int8_stride(const tl_model *m) { return nblocks(max_cols(m)) * BLOCK; }
+
 /* Floats of workspace a call with n tokens (over all sequences) needs, for `threads` threads. */
 int64_t tl_workspace_floats(const tl_model *m, int64_t n, int64_t threads) {
     const int64_t d = m->d, widest = m->hidden > m->vocab ? m->hidden : m->vocab;
-    return ALIGN + 4 * aligned(n * d) + aligned(n * 3 * d) + aligned(n * widest) + aligned(n * 3) +
+    const int64_t int8_in = m->int8 ? aligned(n * int8_stride(m) / 4) + 2 * aligned(n) : 0;
+    return ALIGN + 4 * aligned(n * d) + aligned(n * 3 * d) + aligned(n * widest) + aligned(n * 3) + int8_in +
            threads * aligned(per_thread_floats(m));
 }
 
@@ -686,6 +845,14 @@ int tl_forward(const tl_model *m, int64_t n_seq, tl_seq *const *seqs, const int3
     float *at = (float *)(((uintptr_t)work + line - 1) / line * line);
     float *x = carve(&at, n * d), *h = carve(&at, n * d), *a = carve(&at, n * d), *y = carve(&at, n * d);
     float *qkv = carve(&at, n * 3 * d), *wide = carve(&at, n * widest), *gates = carve(&at, n * 3);
+    tl_int8_in int8_in = {0}, *in = NULL;  /* the integer path's quantized inputs */
+    if (m->int8) {
+        int8_in.q = (int8_t *)carve(&at, n * int8_stride(m) / 4);
+        int8_in.scale = carve(&at, n);
+        int8_in.sum = (int32_t *)carve(&at, n);
+        int8_in.stride = int8_stride(m);
+        in = &int8_in;
+    }
     float *scratch = at;
 
 #pragma omp parallel num_threads(threads)
@@ -700,10 +867,10 @@ int tl_forward(const tl_model *m, int64_t n_seq, tl_seq *const *seqs, const int3
         for (int64_t l = 0; l < m->n_layers; ++l) {
             const tl_layer *ly = &m->layers[l];
             layer_norm(x, NULL, n, ly->norm1_w, ly->norm1_b, d, h);
-            matmul(&ly->qkv, h, d, n, qkv, 3 * d, mine, 0);
+            matmul(&ly->qkv, h, d, n, qkv, 3 * d, in, mine, 0);
             store_kv(m, &bt, l, qkv);
             attention(m, &bt, l, qkv, scores, a);
-            matmul(&ly->proj, a, d, n, y, d, mine, 0);
+            matmul(&ly->proj, a, d, n, y, d, in, mine, 0);
             if (m->arch == ARCH_LITE) {  /* x + r_local * conv(h) + r_sparse * attn(h) + r_dense * ffn(h) */
                 router(ly, h, n, d, gates);
                 causal_conv(m, ly, &bt, l, h, a);
@@ -713,12 +880,12 @@ int tl_forward(const tl_model *m, int64_t n_seq, tl_seq *const *seqs, const int3
                 residual(x, y, NULL, n, d);
                 layer_norm(x, NULL, n, ly->norm2_w, ly->norm2_b, d, h);
             }
-            matmul(&ly->up, h, d, n, wide, m->hidden, mine, 1);
-            matmul(&ly->down, wide, m->hidden, n, y, d, mine, 0);
+            matmul(&ly->up, h, d, n, wide, m->hidden, in, mine, 1);
+            matmul(&ly->down, wide, m->hidden, n, y, d, in, mine, 0);
             residual(x, y, m->arch == ARCH_LITE ? gates : NULL, n, d);
         }
         layer_norm(x, out_rows, n_out, m->normf_w, m->normf_b, d, h);
-        matmul(&m->head, h, d, n_out, logits, m->vocab, mine, 0);
+        matmul(&m->head, h, d, n_out, logits, m->vocab, in, mine, 0);
     }
     for (int64_t i = 0; i < n_seq; ++i) seqs[i]->pos += counts[i];
     free(index);

@@ -54,7 +54,7 @@ class _Model(ctypes.Structure):
     _fields_ = [(n, _i64) for n in ("arch", "d", "n_layers", "vocab", "max_seq", "n_heads", "d_head", "top_k",
                                      "kernel", "hidden")]
     _fields_ += [("tok", _Weight), ("head", _Weight), ("pos", _ptr), ("normf_w", _ptr), ("normf_b", _ptr),
-                 ("layers", ctypes.POINTER(_Layer))]
+                 ("layers", ctypes.POINTER(_Layer)), ("int8", _i64)]
 
 
 class _Seq(ctypes.Structure):
@@ -136,7 +136,7 @@ class NativeModel:
     """A Lite or vanilla model held by the native engine (see module doc)."""
 
     def __init__(self, config: ModelConfig, weights: CheckpointTensors, threads: int = 0,
-                 lib: NativeLibrary | None = None):
+                 lib: NativeLibrary | None = None, int8: bool = False):
         why = unsupported(config)
         if why:
             raise TilelliError(f"the native engine cannot run this model: {why}")
@@ -159,7 +159,8 @@ class NativeModel:
         self._model = _Model(0 if config.arch == "lite" else 1, config.d_model, config.n_layers, config.vocab_size,
                              config.max_seq_len, config.n_heads, config.head_dim, config.top_k, config.local_kernel,
                              config.expand * config.d_model, self._weight(t.tok), self._weight(t.head),
-                             self._hold(t.pos), self._hold(t.normf_w), self._hold(t.normf_b), layers)
+                             self._hold(t.pos), self._hold(t.normf_w), self._hold(t.normf_b), layers, int(int8))
+        self.int8 = int8  # the integer path: ternary layers take int8 inputs (engine.c, top)
         failed = self._lib.tl_check_model(ctypes.byref(self._model))
         if failed:  # the Python checks above should make this unreachable; the C code checks anyway
             raise TilelliError(f"the native engine refused this model's shapes (check {failed}); re-save the "
@@ -167,10 +168,11 @@ class NativeModel:
         self._work = np.zeros(0, dtype=np.float32)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, threads: int = 0, lib: NativeLibrary | None = None) -> NativeModel:
+    def load(cls, path: str | os.PathLike, threads: int = 0, lib: NativeLibrary | None = None,
+             int8: bool = False) -> NativeModel:
         """The checkpoint (or run directory) at `path`, read without torch; `lib`: another build
-        of engine.c (tests build it for smaller instruction sets)."""
-        return cls(*read_checkpoint(path), threads, lib)
+        of engine.c (tests build it for smaller instruction sets); `int8`: the integer path."""
+        return cls(*read_checkpoint(path), threads, lib, int8)
 
     # -- building the C structs -----------------------------------------------------------
 

@@ -33,6 +33,7 @@ static const char USAGE[] =
     "  --seed S                  random seed (default: from the clock)\n"
     "  -t, --threads N           threads (default: the CPUs not busy by the 1-minute load)\n"
     "  --chat                    chat even with -p (one reply)\n"
+    "  --int8                    the integer path: ternary layers take int8 inputs (faster)\n"
     "  -h, --help                this text\n";
 
 static int fail(const char *what) {
@@ -156,7 +157,7 @@ static int chat(tl_ctx *ctx, const tl_settings *settings, const char *once, cons
 int main(int argc, char **argv) {
     const char *path = NULL, *prompt = NULL;
     double max_new = -1, temperature = -1, top_p = -1, top_k = 0, seed = -1, threads = 0;
-    int force_chat = 0;
+    int force_chat = 0, int8 = 0;
     for (int i = 1; i < argc; ++i) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -174,6 +175,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--seed")) ok = number(argc, argv, &i, 0, 9007199254740991.0, &seed);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) ok = number(argc, argv, &i, 1, 1024, &threads);
         else if (!strcmp(a, "--chat")) force_chat = 1;
+        else if (!strcmp(a, "--int8")) int8 = 1;
         else if (a[0] == '-' || path) {
             fprintf(stderr, "tilelli-run: error: unexpected argument '%s' (see --help)\n", a);
             return 2;
@@ -199,6 +201,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "tilelli-run: error: %s: %s\n", path, err);
         return 2;
     }
+    model.model.int8 = int8;
     const tl_settings *s = &model.settings;
     const int chatting = force_chat || (s->chat && !prompt);
     if (chatting && !s->chat) return fail("--chat needs a chat model (this one continues text)");

@@ -218,15 +218,48 @@ def latent_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row of x (..., n) as int8 values (held in float32) and its scale (..., 1):
+    q = rint(x * (127 / m)), m = max|x| (at least 1e-30, so a zero row gives zeros), scale m / 127.
+    The native engine's integer path (engine.c, `quantize_int8`) computes exactly this."""
+    m = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
+    return torch.round(x * (127.0 / m)).clamp(-127.0, 127.0), m / 127.0
+
+
+def int8_product(x: torch.Tensor, trits: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x (..., cols) times ternary weights trits (rows, cols) x scale ((rows,) or (1,)) on the
+    integer path: (q @ trits^T) * (x's scale * scale). The integer sums stay below 2^24, so
+    float32 holds them exactly, in any order: the same numbers as the engine's int32 sums."""
+    q, sx = quantize_int8(x)
+    return F.linear(q, trits) * (sx * scale.reshape(-1))  # (..., rows)
+
+
 class TernaryLinear(TernaryModule):
-    """y = x W^T with W ternary-capable; no bias (ternary layers carry none)."""
+    """y = x W^T with W ternary-capable; no bias (ternary layers carry none). With
+    `int8_inputs` (`use_int8_inputs`) a quantized layer takes int8 inputs (`int8_product`)."""
+
+    int8_inputs = False
 
     def __init__(self, in_features: int, out_features: int, opts: TernaryOptions, std: float = 0.02):
         super().__init__((out_features, in_features), opts, std)
         self.in_features, self.out_features = in_features, out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.int8_inputs:
+            trits, scale = self.export_trits()
+            return int8_product(x, trits.to(x.dtype), scale)  # (..., in) -> (..., out)
         return F.linear(x, self.effective_weight())  # (..., in) -> (..., out)
+
+
+def use_int8_inputs(model: nn.Module, on: bool = True) -> int:
+    """Put every quantized TernaryLinear of `model` on the integer path (or back): the option the
+    engine's `int8` gives, for `tilelli eval --int8` and the PyTorch fallback. How many layers."""
+    layers = [m for m in model.modules() if isinstance(m, TernaryLinear) and m.quantized]
+    if on and any(m.opts.hadamard for m in layers):
+        raise ValueError("the integer path does not take Hadamard-rotated layers")
+    for m in layers:
+        m.int8_inputs = on
+    return len(layers)
 
 
 class TernaryEmbedding(TernaryModule):

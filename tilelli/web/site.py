@@ -33,10 +33,14 @@ def serve_style() -> str:
     return found.group(1)
 
 
-def write_site(out: Path) -> None:
-    """Everything but the model file into `out` (an existing directory)."""
+def write_site(out: Path, int8: bool = False) -> None:
+    """Everything but the model file into `out` (an existing directory); `int8`: the page runs
+    the integer path (worker.js's INT8 constant)."""
     for name in ASSETS:
         shutil.copyfile(HERE / name, out / name)
+    if int8:
+        worker = (out / "worker.js").read_text()
+        (out / "worker.js").write_text(worker.replace("const INT8 = false;", "const INT8 = true;", 1))
     (out / "chat.css").write_text(serve_style())
     shutil.copyfile(build_wasm(), out / "engine.wasm")
 

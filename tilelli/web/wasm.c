@@ -37,6 +37,9 @@ EXPORT(tlw_load) int tlw_load(const uint8_t *buf, int64_t size) {
 
 EXPORT(tlw_error) const char *tlw_error(void) { return error; }
 
+/* The integer path on (1) or off (0): ternary layers take int8 inputs. */
+EXPORT(tlw_int8) void tlw_int8(int on) { model.model.int8 = on; }
+
 /* The model's settings for the page: chat, has_rule, max_new_tokens, temperature, top_p, max_seq. */
 EXPORT(tlw_settings) void tlw_settings(double out[6]) {
     const tl_settings *s = &model.settings;

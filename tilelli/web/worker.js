@@ -7,6 +7,7 @@
 "use strict";
 
 let wasm = null;  // the module's exports
+const INT8 = false;  // the integer path (ternary layers take int8 inputs); `tilelli export --web --int8` sets it
 const encoder = new TextEncoder();
 
 // WASI imports: the engine writes nothing and reads no files; these exist only to link.
@@ -35,6 +36,7 @@ async function load() {
   wasm._initialize();
   const [ptr, len] = bytesIn(new Uint8Array(model));
   if (wasm.tlw_load(ptr, len)) throw new Error(`model.tlm: ${cString(wasm.tlw_error())}`);
+  wasm.tlw_int8(INT8 ? 1 : 0);
   const out = wasm.tlw_alloc(48n);
   wasm.tlw_settings(out);
   const s = new Float64Array(wasm.memory.buffer, out, 6);
