@@ -90,8 +90,9 @@ def reference_rates(threads: int, repeats: int, n: int = 200) -> dict[str, float
             "reference_no_cache": median_rate(lambda: len(ref.greedy(prompt, n // 4, use_cache=False)), repeats)}
 
 
-def checkpoint_rates(path: Path, threads: int, repeats: int, n: int = 200, prefill: bytes = b"") -> dict[str, Any]:
-    """The native engine and tilelli's PyTorch path on one checkpoint."""
+def checkpoint_rates(path: Path, threads: int, repeats: int, n: int = 200, prefill: bytes = b"",
+                     int8: bool = False) -> dict[str, Any]:
+    """The native engine and tilelli's PyTorch path on one checkpoint (`int8`: the engine's integer path)."""
     import torch
 
     from tilelli.infer.engine import NativeModel
@@ -99,7 +100,7 @@ def checkpoint_rates(path: Path, threads: int, repeats: int, n: int = 200, prefi
     from tilelli.model.checkpoint import load
 
     torch.set_num_threads(threads)
-    fast = NativeModel.load(path, threads=threads)
+    fast = NativeModel.load(path, threads=threads, int8=int8)
     slow = TorchDecoder(load(path))
     far = min(1500, fast.max_seq_len - 60)
     out = {
@@ -205,12 +206,12 @@ def cpu_line(m: dict[str, Any]) -> str:
 
 
 def run_all(checkpoints: list[Path], threads: int, repeats: int, prefill: bytes,
-            startup_checkpoint: Path | None = None) -> dict[str, Any]:
+            startup_checkpoint: Path | None = None, int8: bool = False) -> dict[str, Any]:
     """Everything above in one process (see module doc); the reference is measured first."""
-    result: dict[str, Any] = {"machine": machine(), "threads": threads, "repeats": repeats,
+    result: dict[str, Any] = {"machine": machine(), "threads": threads, "repeats": repeats, "int8": int8,
                               "reference": reference_rates(threads, repeats), "models": {}}
     for path in checkpoints:
-        rates = checkpoint_rates(path, threads, repeats, prefill=prefill)
+        rates = checkpoint_rates(path, threads, repeats, prefill=prefill, int8=int8)
         ref = result["reference"]["reference_cached"]
         rates["fast_b1_vs_reference"] = rates["fast_b1"] / ref
         rates["fast_b8_vs_b1"] = rates["fast_b8"] / rates["fast_b1"]
@@ -226,7 +227,9 @@ def markdown(result: dict[str, Any]) -> str:
     """The table the README quotes."""
     ref = result["reference"]
     m = result["machine"]
-    lines = [f"Greedy decoding, {result['threads']} thread(s), {cpu_line(m)}, median of {result['repeats']} runs, "
+    path = ", the integer path (--int8)" if result.get("int8") else ""
+    lines = [f"Greedy decoding{path}, {result['threads']} thread(s), {cpu_line(m)}, "
+             f"median of {result['repeats']} runs, "
              f"1-min load {m['load_1min_at_start']:.2f} at start; bytes/s. Reference GPT (plain PyTorch, d=320, "
              f"8 layers, KV cache): {ref['reference_cached']:,.0f} cached, {ref['reference_no_cache']:,.0f} "
              "without cache.", "",
