@@ -11,7 +11,8 @@ browser >= 50 % of the native engine, first byte <= 2 s, site <= 8 MB, runner wi
 the Python-hosted engine, runner start <= 50 ms. Ratios are what count on a loaded machine, so
 the 1-minute load is recorded.
 
-    python -m studies.speed.web_runner      # writes results/web_runner.json, docs/results/web_runner.md
+    python -m studies.speed.web_runner          # writes results/web_runner.json, docs/results/web_runner.md
+    python -m studies.speed.web_runner --check  # re-measures; exits 1 when a ratio moved by > 25 %
 """
 
 from __future__ import annotations
@@ -87,10 +88,26 @@ def site_bytes(site: Path) -> int:
     return sum(p.stat().st_size for p in site.iterdir())
 
 
-def main() -> None:
+def check(result: dict) -> int:
+    """Re-measured ratios against the published record: within 25 % (a loaded machine moves them)."""
+    import json
+
+    from studies.checker import Checker
+
+    checker = Checker()
+    published = json.loads((RESULTS / "web_runner.json").read_text())
+    for key in ("browser_over_engine", "browser_int8_over_engine", "browser_int8_over_engine_int8",
+                "runner_over_engine"):
+        checker.check(key, published[key], result[key], 0.25)
+    checker.check("chat site bytes", published["chat_site_bytes"], result["chat_site_bytes"], 0.05)
+    return checker.finish("browser and runner")
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bytes", type=int, default=256, help="bytes to decode per run (default 256)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--check", action="store_true", help="re-measure and compare with the published record")
     add_output_args(ap, RESULTS)
     args = ap.parse_args()
     lite, chat = SHIPPED_DIR / "tilelli-lite-ternary", SHIPPED_DIR / "tilelli-chat-lite-ternary"
@@ -142,9 +159,12 @@ def main() -> None:
             f"{med['first_byte_ms' + k]:.0f} ms |"
             for name, k in (("float (default)", ""), ("integer (--int8)", "_int8"))),
           ""]
-    publish(args, "web_runner", result, "\n".join(md))
     print("\n".join(md))
+    if args.check:
+        return check(result)
+    publish(args, "web_runner", result, "\n".join(md))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
