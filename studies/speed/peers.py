@@ -30,7 +30,6 @@ import argparse
 import ctypes
 import json
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -56,6 +55,7 @@ SPECIALS = 3
 TYPES = ("BF16", "Q8_0", "Q4_0", "TQ1_0", "TQ2_0")
 QUANTS = ("Q8_0", "Q4_0", "TQ1_0", "TQ2_0")
 TERNARY, FP32 = "tilelli-lite-ternary", ("tilelli-lite-fp32", "vanilla-fp32")
+TERNARY_INT8 = f"{TERNARY} --int8"  # the same checkpoint on the engine's integer path (docs/engine.md)
 THREADS = (1, 2)
 BATCH = 8
 PREFILL = 512
@@ -218,14 +218,15 @@ class LlamaDecoder:
 
 
 def open_decoder(kind: str, path: Path, threads: int, small: bool = False) -> Any:
-    """`kind` "llama.cpp" (a GGUF file) or "tilelli" (a checkpoint) as a decoder; `small`: one
+    """`kind` "llama.cpp" (a GGUF file), "tilelli" (a checkpoint) or "tilelli-int8" (one on the
+    integer path) as a decoder; `small`: one
     sequence and llama.cpp's smallest cache (256 positions), as Tilelli sizes a sequence's cache
     by its length, so that peak RSS compares the engines rather than cache sizes."""
     if kind == "llama.cpp":
         return LlamaDecoder(path, threads, max_tokens=256, n_seq=1) if small else LlamaDecoder(path, threads)
     from tilelli.infer.engine import NativeModel
 
-    return NativeModel.load(path, threads=threads)
+    return NativeModel.load(path, threads=threads, int8=kind == "tilelli-int8")
 
 
 def llama_build() -> dict[str, Any]:
@@ -253,8 +254,11 @@ def peak_rss_mb(kind: str, path: Path) -> float:
 
 
 def rss_child(kind: str, path: Path) -> None:
+    """Prints this process's peak RSS in MB: VmHWM, which exec resets (ru_maxrss would start at
+    the forking parent's size, ~700 MB here)."""
     decode_rate(open_decoder(kind, path, 1, small=True), 64)()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    status = Path("/proc/self/status").read_text().splitlines()
+    print(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024)
 
 
 def measure(decoders: dict[str, Any], prompt: bytes, tokens: int, repeats: int,
@@ -291,8 +295,9 @@ def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for col, _, _ in COLUMNS:
         if quants:
             best = max(quants, key=lambda q: rows[q][col])
-            out.setdefault(f"{TERNARY} / best llama.cpp quant", {})[col] = {
-                "ratio": rows[TERNARY][col] / rows[best][col], "best": best.removeprefix("llama.cpp ")}
+            for m in (TERNARY, TERNARY_INT8):
+                out.setdefault(f"{m} / best llama.cpp quant", {})[col] = {
+                    "ratio": rows[m][col] / rows[best][col], "best": best.removeprefix("llama.cpp ")}
         if bf16["available"]:
             for m in FP32:
                 out.setdefault(f"{m} / llama.cpp BF16", {})[col] = {"ratio": rows[m][col] / bf16[col]}
@@ -325,6 +330,8 @@ def run(repeats: int, tokens: int, prompt: bytes, seed: int = 0) -> dict[str, An
         for m in MODELS:
             rows[m] = {"engine": "tilelli", "type": m, "available": True}
             paths[m] = ("tilelli", SHIPPED_DIR / m)
+        rows[TERNARY_INT8] = {"engine": "tilelli", "type": TERNARY_INT8, "available": True}
+        paths[TERNARY_INT8] = ("tilelli-int8", SHIPPED_DIR / TERNARY)
         decoders = {name: open_decoder(kind, path, THREADS[0]) for name, (kind, path) in paths.items()}
         rates, loads = measure(decoders, prompt, tokens, repeats, seed)
         for name in decoders:
