@@ -1,5 +1,8 @@
 """Export the chat runs of `studies/chat/runs.py` into checkpoints/: the chat models that ship (issue 23).
 
+Each model's stage-2 run (`runs.py --stage 2`), final checkpoint. (The chat models shipped in
+session 8 are the stage-1 runs' final checkpoints, step 300: their records say so.)
+
 - `tilelli-chat-lite-ternary` (the default of `tilelli chat` and `tilelli serve`): the ternary
   chat run's final checkpoint as packed trits;
 - `tilelli-chat-lite-fp32` and `tilelli-chat-vanilla-fp32`: the FP32 chat runs' final checkpoints
@@ -13,11 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from studies.base_models.ship import arguments, export_all
-from studies.chat.runs import SFT
+from studies.chat.runs import SFT2
 
 
 def final(runs: Path, name: str) -> str:
-    return str(runs / name / "checkpoints" / f"step-{SFT['steps']:07d}")
+    return str(runs / f"{name}-s2" / "checkpoints" / f"step-{SFT2['steps']:07d}")
 
 
 def main() -> None:
