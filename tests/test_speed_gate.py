@@ -24,9 +24,9 @@ def peer_record() -> dict:
                                **{col: 1000.0 + 100 * i for col, _, _ in peers.COLUMNS}}
             for i, q in enumerate(peers.TYPES)}
     rows["llama.cpp TQ1_0"] = {"engine": "llama.cpp", "type": "TQ1_0", "available": False, "reason": "why not"}
-    for m in peers.MODELS:
+    for m in (*peers.MODELS, peers.TERNARY_INT8):
         rows[m] = {"engine": "tilelli", "type": m, "available": True, "peak_rss_mb": 40.0,
-                   **{col: 1200.0 for col, _, _ in peers.COLUMNS}}
+                   **{col: 1500.0 if m == peers.TERNARY_INT8 else 1200.0 for col, _, _ in peers.COLUMNS}}
     return {"machine": DECODE["machine"], "repeats": 3, "decode_bytes": 200, "prefill_bytes": 512, "batch": 8,
             "threads": [1, 2], "loads_1min": [0.5, 0.7], "llama_cpp": {"llama_cpp_python": "0.3.36"},
             "llama_model": {**peers.SHAPE, "params": peers.llama_params()}, "rows": rows, "ratios": peers.ratios(rows)}
@@ -79,6 +79,8 @@ def test_peer_ratios_pick_the_fastest_available_quant():
     record = peer_record()
     ternary = record["ratios"][f"{peers.TERNARY} / best llama.cpp quant"]["decode_b1_1t"]
     assert ternary == {"ratio": 1200.0 / 1400.0, "best": "TQ2_0"}  # TQ1_0 is not available
+    int8 = record["ratios"][f"{peers.TERNARY_INT8} / best llama.cpp quant"]["decode_b1_1t"]
+    assert int8 == {"ratio": 1500.0 / 1400.0, "best": "TQ2_0"}  # the integer path, against the same peer
     assert record["ratios"]["vanilla-fp32 / llama.cpp BF16"]["prefill_1t"] == {"ratio": 1.2}
     assert "| llama.cpp TQ1_0 | not available: why not |" in peers.markdown(record)
 
