@@ -85,10 +85,12 @@ typedef struct {
  * the block's weights j * VL .. j * VL + VL - 1); NT, the inputs a batched product streams past
  * 2 weight rows (its accumulators must fit in 32 vector registers with AVX-512, 16 otherwise);
  * t2_bytes (a block's 64 codes as bytes, `code_order`), vi_dot (int32 lanes += codes x int8
- * inputs) and vi_sum, the integer path's; R1, the weight rows one input's product takes at a time (2 where a vf is a pair of 128-bit
- * registers, as in the browser's SIMD128: with 4, codes and accumulators spill, 1.6x slower).
+ * inputs) and vi_sum, the integer path's; R1, the weight rows one input's product takes at a
+ * time (2 where a vf is a pair of 128-bit registers, as in the browser's SIMD128: with 4, codes
+ * and accumulators spill, 1.6x slower). AVX-512 here means F and BW (every AVX-512 CPU but
+ * Xeon Phi), VNNI when present.
  * vf_zero/vf_load/vf_store/vf_fma follow, common to all. */
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #define VL 16
 #define NT 8
