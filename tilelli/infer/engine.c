@@ -654,19 +654,21 @@ static void sift_down(uint64_t *h, int64_t n, int64_t i) {
     }
 }
 
-/* keep[0..top_k) = the top_k best of the scores s[0..padded) (padding -inf), ascending: the
- * highest, the earlier on equal scores (one integer compare of ranks). Keys are met in order,
- * so a run of 8 none of which scores above the worst kept key is skipped whole. */
-static void select_top_k(const float *s, int64_t padded, int64_t top_k, int64_t *keep) {
+/* keep[0..top_k) = the top_k best of the scores s[0..n), ascending: the highest, the earlier on
+ * equal scores (one integer compare of ranks, so the order keys are met in does not matter).
+ * Keys are met latest first: attention favours recent keys, so the heap soon holds high scores
+ * and a run of 8 keys all scoring below the worst kept one is skipped whole (met earliest first,
+ * recent keys kept displacing older ones: a 1,000-byte prompt took 10 % longer, measured). */
+static void select_top_k(const float *s, int64_t n, int64_t top_k, int64_t *keep) {
     uint64_t h[MAX_TOP_K];
-    for (int64_t j = 0; j < top_k; ++j) h[j] = key_rank(s[j], j);
+    for (int64_t i = 0; i < top_k; ++i) h[i] = key_rank(s[n - 1 - i], n - 1 - i);
     for (int64_t i = top_k / 2 - 1; i >= 0; --i) sift_down(h, top_k, i);
-    for (int64_t j = top_k; j < padded; ++j) {
-        if (j % 8 == 0) {  /* padded is a multiple of 8: a whole run starts here */
+    for (int64_t j = n - 1 - top_k; j >= 0; --j) {
+        if (j % 8 == 7) {  /* keys j-7..j: a whole aligned run */
             float best = -INFINITY;
-            for (int i = 0; i < 8; ++i) best = s[j + i] > best ? s[j + i] : best;
-            if (!(best > s[ranked_key(h[0])])) {
-                j += 7;
+            for (int i = 0; i < 8; ++i) best = s[j - i] > best ? s[j - i] : best;
+            if (best < s[ranked_key(h[0])]) {  /* strictly: an equal, earlier key would rank higher */
+                j -= 7;
                 continue;
             }
         }
@@ -705,7 +707,7 @@ static void attend(const float *q, const float *kt, const float *vc, int64_t p, 
     for (int64_t j = n; j < padded; ++j) s[j] = -INFINITY;  /* keys not (yet) visible */
     int64_t keep[MAX_TOP_K];
     const int64_t kept = top_k > 0 && top_k < n ? top_k : n;
-    if (kept < n) select_top_k(s, padded, top_k, keep);
+    if (kept < n) select_top_k(s, n, top_k, keep);
     const float scale = 1.0f / sqrtf((float)dh);
     float mx = -INFINITY;
     double total = 0.0;  /* up to max_seq terms: rounding would scale the whole output */
