@@ -16,7 +16,9 @@ rotating the layer's input features and the weight; in FP32 it leaves outputs un
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import cache
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -104,7 +106,7 @@ class TernaryModule(nn.Module):
             with torch.no_grad():
                 w2d = self._rotated(self.weight.reshape(shape[0], -1))
                 self.scale = nn.Parameter(absmean_scale(w2d, opts.per_row).clone())
-        self._cache: tuple[tuple, torch.Tensor] | None = None
+        self._cache: dict[str, tuple[tuple, Any]] = {}  # what `_cached` keeps, by name
 
     @property
     def quantized(self) -> bool:
@@ -143,17 +145,22 @@ class TernaryModule(nn.Module):
             q = hadamard_rotate(q)  # H is its own inverse
         return q.reshape(shape)
 
-    def effective_weight(self) -> torch.Tensor:
-        """What the layer multiplies by: latent (FP32), quantized (STE), or unpacked trits."""
+    def _cached(self, name: str, compute: Callable[[], Any]) -> Any:
+        """compute(), kept under `name` in inference (no grad) until the weights change, so that
+        generation pays for quantizing once, not per token."""
         if torch.is_grad_enabled():
-            self._cache = None
-            return self._compute()
+            self._cache.pop(name, None)
+            return compute()
         src = self.packed_trits if "packed_trits" in self._buffers else self.weight
         extra = self.scale if self.opts.lsq and "packed_trits" not in self._buffers else src
         key = (src.data_ptr(), src._version, extra._version, src.device, src.dtype)
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self._compute())
-        return self._cache[1]
+        if name not in self._cache or self._cache[name][0] != key:
+            self._cache[name] = (key, compute())
+        return self._cache[name][1]
+
+    def effective_weight(self) -> torch.Tensor:
+        """What the layer multiplies by: latent (FP32), quantized (STE), or unpacked trits."""
+        return self._cached("effective", self._compute)
 
     # --- packed storage ---------------------------------------------------------------
 
@@ -183,7 +190,7 @@ class TernaryModule(nn.Module):
         self.packed_shape = shape
         self.register_buffer("packed_trits", codes.to(device=device, dtype=torch.int8))
         self.register_buffer("packed_scale", scale.reshape(-1, 1).to(device=device, dtype=torch.float32))
-        self._cache = None
+        self._cache.clear()
 
 
     @torch.no_grad()
@@ -246,7 +253,7 @@ class TernaryLinear(TernaryModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.int8_inputs:
-            trits, scale = self.export_trits()
+            trits, scale = self._cached("int8", lambda: tuple(t.float() for t in self.export_trits()))
             return int8_product(x, trits.to(x.dtype), scale)  # (..., in) -> (..., out)
         return F.linear(x, self.effective_weight())  # (..., in) -> (..., out)
 
