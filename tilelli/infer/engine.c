@@ -468,12 +468,13 @@ static inline __attribute__((always_inline)) void tiles(const tl_weight *w, int 
         }
 }
 
-/* tiles() specialised for w's kind (T2 with int8 inputs `in` when there are some). */
+/* tiles() specialised for w's kind (T2 with int8 inputs when there are some: `in`, which
+ * matmul leaves NULL for other kinds). */
 static inline __attribute__((always_inline)) void tiles_of_kind(const tl_weight *w, int64_t r0, int64_t nr,
                                                                 const float *x, int64_t ldx,
                                                                 const tl_int8_in *in, int64_t n, float *y,
                                                                 int64_t ldy, int R, int T) {
-    if (w->kind == W_T2 && in) tiles(w, T2_INT8, r0, nr, x, ldx, in, n, y, ldy, R, T);
+    if (in) tiles(w, T2_INT8, r0, nr, x, ldx, in, n, y, ldy, R, T);
     else if (w->kind == W_T2) tiles(w, W_T2, r0, nr, x, ldx, in, n, y, ldy, R, T);
     else if (w->kind == W_BF16) tiles(w, W_BF16, r0, nr, x, ldx, in, n, y, ldy, R, T);
     else tiles(w, W_F32, r0, nr, x, ldx, in, n, y, ldy, R, T);
@@ -488,7 +489,7 @@ static void matmul_item(const tl_weight *w, int64_t i, const float *x, int64_t l
     const int64_t p0 = i * ITEM, np = w->rows - p0 < ITEM ? w->rows - p0 : ITEM;
     if (n == 1) {
         tiles_of_kind(w, p0, np, x, ldx, in, n, y + p0, ldy, R1, 1);
-    } else if (n <= SMALL_BATCH || (in && w->kind == W_T2)) {
+    } else if (n <= SMALL_BATCH || in) {
         tiles_of_kind(w, p0, np, x, ldx, in, n, y + p0, ldy, 2, NT);
     } else if (w->kind == W_F32) {
         tiles(w, W_F32, p0, np, x, ldx, NULL, n, y + p0, ldy, 4, 2);

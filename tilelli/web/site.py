@@ -24,6 +24,7 @@ from tilelli.web.wasm import build_wasm
 HERE = Path(__file__).parent
 ASSETS = ("index.html", "tilelli.js", "worker.js")
 SERVE_PAGE = HERE.parent / "serve" / "static" / "index.html"
+INT8_OFF = "const INT8 = false;"  # worker.js's switch for the integer path, as shipped
 
 
 def serve_style() -> str:
@@ -40,7 +41,8 @@ def write_site(out: Path, int8: bool = False) -> None:
         shutil.copyfile(HERE / name, out / name)
     if int8:
         worker = (out / "worker.js").read_text()
-        (out / "worker.js").write_text(worker.replace("const INT8 = false;", "const INT8 = true;", 1))
+        assert worker.count(INT8_OFF) == 1, f"worker.js must hold {INT8_OFF!r} once"
+        (out / "worker.js").write_text(worker.replace(INT8_OFF, "const INT8 = true;"))
     (out / "chat.css").write_text(serve_style())
     shutil.copyfile(build_wasm(), out / "engine.wasm")
 
