@@ -8,6 +8,7 @@ import math
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -382,6 +383,32 @@ def test_measure_leaves_prompts_without_room_for_the_refusal_unscored(tiny_ckpt)
     assert not AbstainRule(0.0, 0.1).decide(s).abstain  # nan never abstains
     with pytest.raises(TilelliError, match="user turn"):
         measure(load_decoder(tiny_ckpt), [b"no markers"])
+
+
+def test_a_later_turn_is_also_read_alone_and_either_reading_decides(tiny_ckpt):
+    """A turn with a history is measured again as a new conversation's first turn; the rule
+    abstains when either reading calls for it, and calibrates on the higher one."""
+    decoder = load_decoder(tiny_ckpt, engine="torch")
+    text = "What is the capital of Peru?"
+    later, first = measure(decoder, [conversation_prompt([("hi", "yo")], text, 256)[0], turn(text)])
+    assert first.alone is None and first.readings == (first,)
+    assert later.readings == (later, later.alone) and later.alone.alone is None
+    assert later.alone.refusal == pytest.approx(first.refusal, rel=1e-4) and later.alone.likelier == first.likelier
+    assert later.alone.surprise == pytest.approx(first.surprise, rel=1e-4)
+    first = later.alone
+    assert later.top_refusal == max(later.refusal, first.refusal)
+    assert later.top_surprise == max(later.surprise, first.surprise)
+    rule = AbstainRule(0.25, 5.0)
+    in_context, alone = Signals(0.1, 1.0), Signals(0.3, 1.0, "unreadable")
+    assert not rule.decide(in_context).abstain
+    d = rule.decide(replace(in_context, alone=alone))  # the reading alone calls for its refusal
+    assert d.abstain and d.reason == "unreadable" and rule.refusal_score(d.signals) == 0.3
+    assert rule.decide(Signals(0.1, 6.0, alone=Signals(0.1, 1.0))).reason == "unreadable"  # surprised in context
+    assert rule.decide(Signals(math.nan, math.nan, alone=Signals(0.1, 6.0))).reason == "unreadable"  # too long there
+    assert not rule.decide(Signals(0.1, 1.0, alone=Signals(math.nan, math.nan))).abstain
+    signals = [Signals(0.1 * i % 1, 1.0, alone=Signals(0.05 * i % 1, 2.0)) for i in range(100)]
+    assert AbstainRule.calibrate(signals, 0.1, {}).refusal_threshold == conformal_threshold(
+        [s.top_refusal for s in signals], 0.05)
 
 
 def test_abstain_rule_decides_why_and_round_trips(tmp_path):

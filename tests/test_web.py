@@ -47,8 +47,8 @@ def test_greedy_continuation_is_tilelli_generates_and_stays_on_its_origin(browse
     # a tiny model writes any byte: the page decodes as Python's "replace" does (the Unicode practice)
     assert PROMPT + text + "\n" == generated(ckpt, capsysbinary).decode("utf-8", "replace")
     assert all(e.startswith(url) for e in entries if "://" in e), entries
-    assert {r.split("?")[0] for r in requests} <= {"/", "/chat.css", "/tilelli.js", "/worker.js", "/engine.wasm",
-                                                     "/model.tlm", "/favicon.ico"}, requests
+    assert {r.split("?")[0] for r in requests} <= {"/", "/chat.css", "/chat-view.js", "/tilelli.js", "/worker.js",
+                                                   "/engine.wasm", "/model.tlm", "/favicon.ico"}, requests
 
 
 @needs_browser
@@ -71,8 +71,30 @@ def test_chat_is_tilelli_chats(browser, tmp_path, surprise):  # noqa: F811
         browser.get(url + "/")
         got = in_page(browser, "tilelli.chat([{role: 'user', content: args[0]}], {temperature: 0, maxTokens: 40})",
                       text)
+        shown = typed(browser, text, 40)  # the page itself: its composer, its message view
     reply, abstained = chat_reply(ckpt, rule, text)
     assert (got["reply"], got["abstained"]) == (reply, abstained)
+    assert shown == (reply, abstained)
+
+
+def typed(driver, text: str, max_bytes: int) -> tuple[str, bool]:
+    """Send `text` through the page's composer at temperature 0; the reply as the page shows it
+    (every character a shaded span) and whether it is marked abstained."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    for field, value in (("temperature", "0"), ("max-tokens", str(max_bytes))):
+        driver.find_element(By.ID, field).clear()
+        driver.find_element(By.ID, field).send_keys(value)
+    driver.find_element(By.ID, "input").send_keys(text, Keys.ENTER)
+    done = ".msg.assistant[data-state=done]"
+    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, done))
+    msg = driver.find_element(By.CSS_SELECTOR, done)
+    chars = msg.find_elements(By.CSS_SELECTOR, ".body .c[data-p]")
+    reply = "".join(c.get_attribute("textContent") for c in chars)
+    assert reply == msg.find_element(By.CLASS_NAME, "body").get_attribute("textContent")
+    return reply, msg.get_attribute("data-abstained") == "true"
 
 
 @needs_browser

@@ -119,8 +119,8 @@ def run_rows(decoder, scorer, rule: AbstainRule | None, rows: list[dict]) -> lis
                                   [replace(answer_sampling(CHAT_SAMPLING, rule), seed=i) for i in some])
     out = []
     for r, d in zip(rows, decisions, strict=True):
-        out.append({"kind": r["kind"], "context": r["context"], "refusal": d.signals.refusal,
-                    "surprise": d.signals.surprise, "score": rule.refusal_score(d.signals) if rule else math.nan,
+        out.append({"kind": r["kind"], "context": r["context"], "refusal": d.signals.top_refusal,
+                    "surprise": d.signals.top_surprise, "score": rule.refusal_score(d.signals) if rule else math.nan,
                     "abstained": d.abstain, "reason": d.reason})
     for i, (data, _, stop) in zip(todo, answers, strict=True):
         text = data.decode("utf-8", "replace")

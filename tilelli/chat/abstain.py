@@ -1,28 +1,33 @@
 """The one decision of every chat front end: answer the last user turn, or abstain.
 
 `tilelli chat`, `chat --json`, the server and its page all call `decide` on the whole
-conversation's prompt (history + the new turn), so a question asked after a story is judged
-in its conversation, exactly as the model sees it.
+conversation's prompt (history + the new turn). The turn is read twice: in its conversation,
+exactly as the model sees it, and alone, as the first turn of a new one. A world-fact question
+does not become answerable because a story came before it, but a 10 M model's reading of it
+there is weak: after a story the fine-tuned models give "What is the capital of Peru?" a
+refusal probability of a few per cent where alone it is ~0.9. A follow-up that needs the story
+("What was the dog's name?") is answered alone too, because the chat set teaches such questions
+as answerable. So the rule abstains when either reading calls for it.
 
-Two signals, from one teacher-forced pass over the prompt and the refusals' shared opening
-sentence (`measure`):
+Two signals per reading, from one teacher-forced pass over the prompt and the refusals' shared
+opening sentence (`measure`):
 - **refusal**: the model's probability that its reply opens with "I can't answer that. ", the
   sentence both refusals begin with (the next byte's probabilities say which one it would go on
   with). A byte-level model commits with its first byte, so letting greedy decoding decide
   refuses every request on which "I" narrowly wins; the probability of the whole sentence is a
   graded score that separates world-fact questions from requests.
 - **surprise**: the highest mean bits per byte of any PEAK_WINDOW consecutive bytes of the last
-  user turn's text, as the chat model reads it in its conversation. A story model finds
-  gibberish, code, other languages and sums far less likely than the simple English it was
-  trained on, and it was never taught to refuse them, so the refusal alone misses them.
+  user turn's text. A story model finds gibberish, code, other languages and sums far less
+  likely than the simple English it was trained on, and it was never taught to refuse them, so
+  the refusal alone misses them.
 
-The rule (`AbstainRule`) abstains iff refusal > t_r (with the refusal the model would go on
-with: "... Facts like that are beyond a 10M model." or "... I only understand simple English.")
-or surprise > t_s (the second). Both thresholds are
-calibrated, not tuned on the evaluation: split conformal prediction over prompts the model
-*should* answer (story requests and small talk in phrasings never trained on, single-turn and
-as third turns; `eval/calibration.jsonl`), each at alpha / 2. By the union bound a new
-answerable prompt exchangeable with them is refused with probability at most alpha.
+The rule (`AbstainRule`) abstains iff a reading's refusal score > t_r (with the refusal the
+model would go on with: "... Facts like that are beyond a 10M model." or "... I only understand
+simple English.") or a reading's surprise > t_s (the second). Both thresholds are calibrated,
+not tuned on the evaluation: split conformal prediction over the highest score of each prompt
+the model *should* answer (story requests and small talk in phrasings never trained on,
+single-turn and as third turns; `eval/calibration.jsonl`), each at alpha / 2. By the union
+bound a new answerable prompt exchangeable with them is refused with probability at most alpha.
 
 When the rule answers, the answer is decoded under constraints (`answer_sampling`): valid
 UTF-8, and no 12-byte run of a refusal anywhere (nor its first 6 bytes at the start), so an
@@ -34,7 +39,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -54,6 +59,11 @@ OPENING = "I can't answer that. "  # what both refusals open with; the next byte
 assert all(text.startswith(OPENING) for text in REASONS.values())
 
 
+def highest(values: Iterable[float]) -> float:
+    """The largest value that is not nan (nan when there is none: nothing was measured)."""
+    return max((v for v in values if not math.isnan(v)), default=math.nan)
+
+
 @dataclass(frozen=True)
 class Signals:
     """What the model says about one prompt (nan: the prompt does not fit with a refusal)."""
@@ -62,6 +72,20 @@ class Signals:
     surprise: float  # peak PEAK_WINDOW-byte mean bits per byte of the last user text
     likelier: str = "fact"  # the refusal the model would go on with after OPENING
     features: tuple[float, ...] = field(default=(), repr=False)  # what a rule's detector reads
+    alone: Signals | None = field(default=None, repr=False)  # the last user turn read without its history
+
+    @property
+    def readings(self) -> tuple[Signals, ...]:
+        """The turn in its conversation, then alone (when it has a history)."""
+        return (self,) if self.alone is None else (self, self.alone)
+
+    @property
+    def top_refusal(self) -> float:
+        return highest(r.refusal for r in self.readings)
+
+    @property
+    def top_surprise(self) -> float:
+        return highest(r.surprise for r in self.readings)
 
 
 def peak_bits_per_byte(logprobs: np.ndarray, window: int = PEAK_WINDOW) -> float:
@@ -77,7 +101,8 @@ def peak_bits_per_byte(logprobs: np.ndarray, window: int = PEAK_WINDOW) -> float
 def measure(decoder: Any, prompts: Sequence[bytes], batch_size: int = 16) -> list[Signals]:
     """Both signals for every chat prompt (history + USER text ASSISTANT), in one teacher-forced
     pass each: the last user turn's text and the refusals' shared OPENING after the rest; the
-    next-byte probabilities after OPENING say which refusal the model would go on with."""
+    next-byte probabilities after OPENING say which refusal the model would go on with. A prompt
+    with a history is measured a second time without it (`Signals.alone`)."""
     starts = [p.rfind(bytes([USER])) + 1 for p in prompts]
     if any(s == 0 or not p or p[-1] != ASSISTANT for p, s in zip(prompts, starts, strict=True)):
         raise TilelliError("a chat prompt must end with a user turn (USER text ASSISTANT)")
@@ -95,6 +120,11 @@ def measure(decoder: Any, prompts: Sequence[bytes], batch_size: int = 16) -> lis
         refusal, surprise = float(math.exp(lp[n_text + 1:].sum())), peak_bits_per_byte(lp[:n_text])
         out[i] = Signals(refusal, surprise, max(goes_on, key=goes_on.get),
                          features(rows[n_text + 1], rows[:max(n_text, 1)], refusal, surprise))
+    later = [i for i, s in enumerate(starts) if s > 1]  # turns with a history: read them alone too
+    if later:
+        for i, alone in zip(later, measure(decoder, [prompts[i][starts[i] - 1:] for i in later], batch_size),
+                            strict=True):
+            out[i] = replace(out[i], alone=alone)
     return out
 
 
@@ -145,15 +175,20 @@ class AbstainRule:
         if not self.surprise_threshold > 0:
             raise TilelliError(f"surprise threshold {self.surprise_threshold} must be > 0 bits per byte")
 
+    def reading_score(self, r: Signals) -> float:
+        """How strongly one reading calls for a refusal (nan when it could not be measured)."""
+        return self.detector.score(r.features) if self.detector is not None else r.refusal
+
     def refusal_score(self, s: Signals) -> float:
-        """How strongly the prompt calls for a refusal (nan when it could not be measured)."""
-        return self.detector.score(s.features) if self.detector is not None else s.refusal
+        """How strongly the prompt calls for a refusal: its strongest reading."""
+        return highest(map(self.reading_score, s.readings))
 
     def decide(self, s: Signals) -> Decision:
         """nan signals (a prompt too long to score) never abstain."""
-        if self.refusal_score(s) > self.refusal_threshold:
-            return Decision(True, s.likelier, s)
-        if s.surprise > self.surprise_threshold:
+        for r in s.readings:
+            if self.reading_score(r) > self.refusal_threshold:
+                return Decision(True, r.likelier, s)
+        if s.top_surprise > self.surprise_threshold:
             return Decision(True, "unreadable", s)
         return Decision(False, None, s)
 
@@ -163,7 +198,7 @@ class AbstainRule:
         """Each threshold at alpha / 2 over answerable prompts: false refusals <= alpha in all."""
         unfitted = cls(0.0, detector=detector)
         return cls(conformal_threshold([unfitted.refusal_score(s) for s in signals], alpha / 2),
-                   conformal_threshold([s.surprise for s in signals], alpha / 2), alpha, record, detector)
+                   conformal_threshold([s.top_surprise for s in signals], alpha / 2), alpha, record, detector)
 
     def save(self, checkpoint_dir: Path) -> Path:
         path = Path(checkpoint_dir) / RULE_FILE
@@ -195,8 +230,10 @@ def decide(decoder: Any, rule: AbstainRule | None, prompt: bytes) -> Decision:
     greedy decision: the generated reply says whether it refused)."""
     s = measure(decoder, [prompt])[0]
     d = rule.decide(s) if rule is not None else Decision(False, None, s)
-    if d.abstain:  # the given refusal's own byte probabilities (what confidences report)
-        lp = continuation_logprobs(decoder, [prompt], [d.reply.encode("utf-8") + END_BYTE])[0]
+    if d.abstain:  # the given refusal's own byte probabilities (what confidences report), in the
+        # conversation, or after the turn alone when the conversation leaves no room for a refusal
+        context = prompt if not math.isnan(s.refusal) else prompt[prompt.rfind(bytes([USER])):]
+        lp = continuation_logprobs(decoder, [context], [d.reply.encode("utf-8") + END_BYTE])[0]
         return replace(d, byte_probs=tuple(float(math.exp(v)) for v in lp[:-1]))
     return d
 

@@ -96,15 +96,21 @@ static double detector_score(const tl_settings *rule, const double *first, const
     return score + rule->detector_bias;
 }
 
-/* The signals of `measure` for a prompt ending USER text ASSISTANT: the rule's refusal score
+/* One reading of the user's turn (tilelli/chat/abstain.py `Signals`): the rule's refusal score
  * (its detector's log-odds, or without one P(the reply opens with OPENING)), the peak
  * PEAK_WINDOW-byte mean bits/byte of the text, and which refusal the model would go on with
  * (0 fact, 1 unreadable). NaN when the prompt and a refusal do not fit. */
+typedef struct {
+    double score, surprise;
+    int likelier;
+} tl_reading;
+
+/* The reading of a prompt ending USER text ASSISTANT, the text starting at `start`. */
 static int measure(tl_ctx *ctx, const tl_settings *rule, const uint8_t *prompt, int64_t n, int64_t start,
-                   double *score, double *surprise, int *likelier) {
+                   tl_reading *r) {
     const int64_t open = (int64_t)strlen(OPENING), longest = (int64_t)strlen(REFUSALS[0]) + 1;
-    *score = *surprise = NAN;
-    *likelier = 0;
+    r->score = r->surprise = NAN;
+    r->likelier = 0;
     if (n + longest - 1 > ctx->m->max_seq) return 0;
     const int64_t total = n + open, k = total - start, n_text = n - start - 1;
     const int64_t n_rows = n_text > 1 ? n_text : 1;  /* the rows the detector averages: rows[:max(n_text, 1)] */
@@ -126,7 +132,7 @@ static int measure(tl_ctx *ctx, const tl_settings *rule, const uint8_t *prompt, 
             softmax256(logits + (start - 1 + j) * 256, p);
             if (rule->n_detector && j < n_rows) floored_logs(p, text_sum, j > 0);
             if (rule->n_detector && j == n_text + 1) floored_logs(p, first, 0);
-            if (j == k) *likelier = p[(uint8_t)REFUSALS[1][open]] > p[(uint8_t)REFUSALS[0][open]];
+            if (j == k) r->likelier = p[(uint8_t)REFUSALS[1][open]] > p[(uint8_t)REFUSALS[0][open]];
             else lp[j] = log(p[chunk[start + j]] > 1e-300 ? p[chunk[start + j]] : 1e-300);
         }
         for (int64_t j = n_text + 1; j < k; ++j) opening += lp[j];
@@ -135,9 +141,9 @@ static int measure(tl_ctx *ctx, const tl_settings *rule, const uint8_t *prompt, 
         for (int64_t j0 = 0; w > 0 && j0 + w <= n_text; ++j0) {
             double bits = 0.0;
             for (int64_t j = j0; j < j0 + w; ++j) bits -= lp[j] / log(2.0);
-            *surprise = isnan(*surprise) || bits / (double)w > *surprise ? bits / (double)w : *surprise;
+            r->surprise = isnan(r->surprise) || bits / (double)w > r->surprise ? bits / (double)w : r->surprise;
         }
-        *score = rule->n_detector ? detector_score(rule, first, text_sum, n_rows, refusal, *surprise) : refusal;
+        r->score = rule->n_detector ? detector_score(rule, first, text_sum, n_rows, refusal, r->surprise) : refusal;
     }
     free(chunk);
     free(logits);
@@ -177,10 +183,19 @@ static int chat_begin(tl_chat *c, const uint8_t *text, int64_t len, const tl_sam
     for (int64_t i = 0; i < first; ++i) free(c->turns[i].bytes);  /* the dropped turns are gone for good */
     memmove(c->turns, c->turns + first, (size_t)(c->n_turns - first) * sizeof(tl_turn));
     c->n_turns -= first;
-    double score, surprise;
-    int likelier, failed = measure(c->ctx, &c->rule, prompt, n, n - len - 1, &score, &surprise, &likelier);
-    if (!failed && c->rule.has_rule && (score > c->rule.refusal_threshold || surprise > c->rule.surprise_threshold)) {
-        c->refusal = (const uint8_t *)REFUSALS[score > c->rule.refusal_threshold ? likelier : 1];
+    /* the turn in its conversation, then alone as a new conversation's first turn (`Signals.alone`);
+     * the rule abstains when either reading calls for it (`AbstainRule.decide`) */
+    tl_reading r[2];
+    const int n_readings = n > len + 2 ? 2 : 1;
+    int failed = measure(c->ctx, &c->rule, prompt, n, n - len - 1, &r[0]);
+    if (!failed && n_readings == 2) failed = measure(c->ctx, &c->rule, prompt + n - len - 2, len + 2, 1, &r[1]);
+    const uint8_t *refusal = NULL;
+    for (int i = 0; i < n_readings && !refusal; ++i)
+        if (r[i].score > c->rule.refusal_threshold) refusal = (const uint8_t *)REFUSALS[r[i].likelier];
+    for (int i = 0; i < n_readings && !refusal; ++i)
+        if (r[i].surprise > c->rule.surprise_threshold) refusal = (const uint8_t *)REFUSALS[1];
+    if (!failed && c->rule.has_rule && refusal) {
+        c->refusal = refusal;
         c->refusal_at = 0;
         c->abstained = 1;
     } else if (!failed) {

@@ -305,8 +305,8 @@ def create_app(load: Callable[[], Decoder], model: str, defaults: SamplingConfig
         out: dict[str, Any] = {"abstained": decision.abstained(text), "abstain_reason": decision.reason,
                                "dropped_turns": req.dropped_turns}
         if req.abstain_probability:
-            out["abstain_probability"] = protocol.finite(decision.signals.refusal)
-            out["surprise"] = protocol.finite(decision.signals.surprise)
+            out["abstain_probability"] = protocol.finite(decision.signals.top_refusal)
+            out["surprise"] = protocol.finite(decision.signals.top_surprise)
         return out
 
     async def _whole(request: Request, req: GenerationRequest, channel: _Channel) -> Response:

@@ -1,7 +1,8 @@
 """`tilelli export --web`: a static site that chats with the model in the tab.
 
-What it writes: index.html, tilelli.js and worker.js (tilelli/web/, as they are), chat.css (the
-`<style>` of the `tilelli serve` page, so both pages share one look and one source), engine.wasm
+What it writes: index.html, tilelli.js and worker.js (tilelli/web/, as they are), chat.css and
+chat-view.js (the `<style>` and the marked chat-view script of the `tilelli serve` page, so both
+pages share one look, one message view and one source), engine.wasm
 (`tilelli.web.wasm`) and model.tlm (`tilelli.infer.model_file`, which carries the chat template
 flag, the abstain rule's thresholds and refusal detector, and the sampling defaults). Every file
 is fetched from the page's own origin: opened from any static file server, it makes no other
@@ -27,10 +28,10 @@ SERVE_PAGE = HERE.parent / "serve" / "static" / "index.html"
 INT8_OFF = "const INT8 = false;"  # worker.js's switch for the integer path, as shipped
 
 
-def serve_style() -> str:
-    """The CSS of the serve chat page."""
-    found = re.search(r"<style>\n(.*?)</style>", SERVE_PAGE.read_text(), re.S)
-    assert found, f"{SERVE_PAGE} has no <style> block"
+def serve_part(pattern: str) -> str:
+    """A part of the serve chat page: its CSS or its chat view's script."""
+    found = re.search(pattern, SERVE_PAGE.read_text(), re.S)
+    assert found, f"{SERVE_PAGE} has no {pattern!r}"
     return found.group(1)
 
 
@@ -43,7 +44,8 @@ def write_site(out: Path, int8: bool = False) -> None:
         worker = (out / "worker.js").read_text()
         assert worker.count(INT8_OFF) == 1, f"worker.js must hold {INT8_OFF!r} once"
         (out / "worker.js").write_text(worker.replace(INT8_OFF, "const INT8 = true;"))
-    (out / "chat.css").write_text(serve_style())
+    (out / "chat.css").write_text(serve_part(r"<style>\n(.*?)</style>"))
+    (out / "chat-view.js").write_text('"use strict";\n' + serve_part(r"(// view:start.*?// view:end\n)"))
     shutil.copyfile(build_wasm(), out / "engine.wasm")
 
 
