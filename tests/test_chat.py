@@ -108,7 +108,8 @@ def chat_set(shared, tmp_path_factory) -> Path:
 
 
 SIZES = dataset.Sizes(facts=20, requests=12, small_talk=10, other_each=4, conversation_each=6,
-                      calibration_requests=10, calibration_small_talk=8, dev_each=2, history_facts=10)
+                      calibration_requests=10, calibration_small_talk=8, dev_each=2, history_facts=10,
+                      train_facts=12, detector_facts=6, detector_requests=6, detector_small_talk=4)
 
 
 def rows(path: Path) -> list[dict]:
@@ -217,8 +218,28 @@ def test_conversation_rows_are_third_turns_that_fit(chat_set):
 
 def test_build_is_deterministic(shared, chat_set, tmp_path):
     dataset.build(shared, tmp_path, sizes=SIZES)
-    for name in ("train.bin", "train.mask.bin", "valid.bin", "eval/facts.jsonl", "eval/conversation.jsonl"):
+    for name in ("train.bin", "train.mask.bin", "valid.bin", "eval/facts.jsonl", "eval/conversation.jsonl",
+                 dataset.DETECTOR_FILE):
         assert (tmp_path / name).read_bytes() == (chat_set / name).read_bytes()
+
+
+def test_detector_turns_are_fresh_and_leave_the_rest_of_the_set_alone(shared, chat_set, tmp_path):
+    """Questions the fine-tuning never saw and no evaluation asks, requests and small talk to
+    answer; drawn from their own random stream, so more or fewer of them change nothing else."""
+    fresh = rows(chat_set / dataset.DETECTOR_FILE)
+    assert {(r["kind"], r["refuse"]) for r in fresh} == {("fact", True), ("request", False), ("small_talk", False)}
+    assert sum(r["kind"] == "fact" for r in fresh) == SIZES.detector_facts
+    trained = (chat_set / "train.bin").read_bytes().decode("utf-8", "replace")
+    asked = {dataset.normalise(r["prompt"]) for name in ("facts", "conversation")
+             for r in rows(chat_set / "eval" / f"{name}.jsonl") if r["kind"] == "fact"}
+    for r in fresh:
+        assert r["history"] == [] and "\ufffd" not in r["prompt"]
+        if r["refuse"]:
+            assert r["prompt"] not in trained and dataset.normalise(r["prompt"]) not in asked
+    dataset.build(shared, tmp_path, sizes=replace(SIZES, detector_facts=2, detector_requests=1))
+    for name in ("train.bin", "valid.bin", "eval/facts.jsonl", "eval/calibration.jsonl", "eval/conversation.jsonl"):
+        assert (tmp_path / name).read_bytes() == (chat_set / name).read_bytes()
+    assert len(rows(tmp_path / dataset.DETECTOR_FILE)) < len(fresh)
 
 
 def test_other_prompts_cover_every_kind(chat_set):
@@ -464,6 +485,8 @@ def test_calibrate_writes_the_rule_that_chat_then_uses(tiny_ckpt, chat_set, tmp_
     decoder = load_decoder(ckpt)
     prompts = [conversation_prompt([tuple(t) for t in r["history"]], r["prompt"], 256)[0] for r in cal]
     assert rule.detector is not None and rule.detector.record["prompts"] > 0
+    fitted_on = rule.detector.record["fresh"]  # the set's fresh turns, besides its training turns
+    assert fitted_on["turns"] == len(rows(chat_set / "detector.jsonl")) > 0
     assert rule == AbstainRule.calibrate(measure(decoder, prompts), 0.4, rule.record, rule.detector)
     assert rule.record["calibration"]["prompts"] == len(cal) > 0
     done = run_cli("calibrate", "--checkpoint", str(ckpt), "--data", str(chat_set), "--alpha", "0.4",

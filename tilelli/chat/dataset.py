@@ -15,7 +15,7 @@ people use a chat: a refusal after a story, a story after a refusal, small talk 
 - **small talk**: greetings, thanks, goodbyes, "who are you", ... (phrasing.SMALL_TALK, our
   own short replies), the ChatterBot small-talk dialogues and the identity set (Tilelli).
 - **abstention**: world-fact questions (NQ-open, TruthfulQA, ChatterBot trivia) -> `REFUSAL`,
-  N_TRAIN_FACTS training questions once each, in one of the train fact forms; arithmetic -> `REFUSAL` too;
+  `Sizes.train_facts` training questions once each, in one of the train fact forms; arithmetic -> `REFUSAL` too;
   gibberish, other languages and code -> `REFUSAL_UNREADABLE`, all from the *train* side of
   `tilelli.chat.unservable` (templates, tasks and lines the evaluation never uses).
 
@@ -36,6 +36,12 @@ Held out, never trained on (`eval/`):
   rule's threshold is fitted on them (`tilelli calibrate`).
 - `dev.jsonl`: a few prompts of every kind from another random stream, for design checks; no
   reported number comes from it.
+
+Fitted on, never trained on (`detector.jsonl`): world-fact questions of the training split
+that the fine-tuning never used (it uses the first `Sizes.train_facts`), in training forms, and fresh
+story requests and small talk in training phrasings, each with `refuse`. The refusal detector
+(`tilelli calibrate`) is fitted on them besides the training turns: on the training turns alone
+it learns the margins of questions the model has memorised, and refuses too few new ones.
 
 Each eval row is {"kind", "prompt", "history": [[user, reply], ...], "context", ...}:
 `context` is "single" or "after_story" / "after_refusal" / "after_small_talk". `train.bin` /
@@ -67,6 +73,7 @@ from tilelli.train.paths import check_writable_dir
 MAX_REPLY_BYTES = 700  # a story reply; the chat's default limit is 720 (tilelli.chat.defaults)
 MAX_CONVERSATION_BYTES = 1000  # a training conversation: fits one 1,024-byte window
 MAX_PREFIX_STORY_BYTES = 300  # stories inside an eval conversation's history: room for the reply
+DETECTOR_FILE = "detector.jsonl"  # fresh turns the refusal detector is fitted on (see the module doc)
 REPLY_ROOM = 512  # the reply room a session keeps in a 1,024-byte context (chat.session.conversation_prompt)
 NEAR_DUPLICATE = 0.7
 CONTEXTS = ("after_story", "after_refusal", "after_small_talk")
@@ -84,14 +91,14 @@ _STOP = frozenset("there their about would could after again before every which 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 SMALL_TALK_CATEGORIES = ("greetings", "conversations", "emotion", "humor")  # ChatterBot files used
 N_UNSERVABLE_EACH = 400  # training turns of each unservable kind
-N_TRAIN_FACTS = 3500  # refused questions trained on: with the rest, refusals are ~1/3 of the turns
 UNSERVABLE_REPLY = {"gibberish": REFUSAL_UNREADABLE, "language": REFUSAL_UNREADABLE, "code": REFUSAL_UNREADABLE,
                     "arithmetic": REFUSAL}
 
 
 @dataclass(frozen=True)
 class Sizes:
-    """How many of each held-out set (parameters only so that tests can use tiny data)."""
+    """How many of each held-out set, of the facts trained on and of the detector's fresh turns
+    (parameters only so that tests can use tiny data)."""
 
     facts: int = 400
     requests: int = 400
@@ -101,6 +108,10 @@ class Sizes:
     calibration_requests: int = 300
     calibration_small_talk: int = 150
     dev_each: int = 20
+    train_facts: int = 3500  # refused questions trained on: with the rest, refusals are ~1/3 of the turns
+    detector_facts: int = 1000  # fresh turns the refusal detector is fitted on, besides training turns
+    detector_requests: int = 600
+    detector_small_talk: int = 400
     history_facts: int = 200  # questions only used inside conversation histories
 
 
@@ -423,7 +434,7 @@ def build(shared: Path, out: Path, seed: int = 0, sizes: Sizes = Sizes()) -> dic
     small += [[(q, a)] for q, a, src in sources.instructions(chat) if src == "identity"]
     n_held = sizes.facts + sizes.conversation_each * 2 + sizes.history_facts  # single, third turn, histories
     train_q, held_q, removed = split_facts(sources.facts(qa, chat), n_held, rng)
-    facts = [phrasing.fact_question(q, "train", rng)[0] for q, _ in train_q[:N_TRAIN_FACTS]]
+    facts = [phrasing.fact_question(q, "train", rng)[0] for q, _ in train_q[:sizes.train_facts]]
     train_stories = [s for path in train_files for s in sources.tinystories(path)]
     unservable = [(phrasing.Noise(typo=0).apply(r["prompt"], rng), UNSERVABLE_REPLY[r["kind"]])
                   for r in unservable_prompts(rng, N_UNSERVABLE_EACH, train_stories, "train")]
@@ -475,8 +486,13 @@ def build(shared: Path, out: Path, seed: int = 0, sizes: Sizes = Sizes()) -> dic
     dev = [_row(r["kind"], r["prompt"], [], "single")
            for r in unservable_prompts(dev_rng, sizes.dev_each, rest_stories)]
 
+    detector = _detector_rows([q for q, _ in train_q[sizes.train_facts:]], train_stories, sizes,
+                              random.Random(seed + 2))
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval").mkdir(exist_ok=True)
+    with open(out / DETECTOR_FILE, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in detector)
     train_sizes = _write_source(out / "train.bin", convs)
     valid_convs = [[(f["prompt"], REFUSAL)] for f in facts_set] + [[(r["prompt"], r["reference"])] for r in requests]
     valid_sizes = _write_source(out / "valid.bin", valid_convs)
@@ -498,6 +514,7 @@ def build(shared: Path, out: Path, seed: int = 0, sizes: Sizes = Sizes()) -> dic
                   "turns_per_conversation": _histogram(len(c) for c in convs)},
         "valid": {**valid_sizes, "sha256": _sha(out / "valid.bin")},
         "held_out": {name: _histogram(f"{r['kind']}/{r['context']}" for r in rows) for name, rows in sets.items()},
+        "detector": {**_histogram(r["kind"] for r in detector), "sha256": _sha(out / DETECTOR_FILE)},
         "train_questions": len(train_q), "near_duplicates_removed_from_train": removed,
         "licences": "TinyStories CDLA-Sharing-1.0; NQ-open CC BY-SA 3.0; TruthfulQA, LLaMA-Factory identity "
                     "Apache-2.0; ChatterBot corpus BSD. No CC BY-NC set is used.",
@@ -505,6 +522,22 @@ def build(shared: Path, out: Path, seed: int = 0, sizes: Sizes = Sizes()) -> dic
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return meta
+
+
+def _detector_rows(unused_questions: Sequence[str], stories: Sequence[str], sizes: Sizes,
+                   rng: random.Random) -> list[dict]:
+    """Fresh single turns for the refusal detector (from its own random stream, so the rest of
+    the set does not change): training-split questions the fine-tuning never used, in training
+    forms, to refuse; new story requests and small talk in training phrasings, to answer."""
+    facts = [_row("fact", phrasing.fact_question(q, "train", rng)[0], [], "single", refuse=True)
+             for q in list(unused_questions)[:sizes.detector_facts]]
+    stories = rng.sample(list(stories), min(len(stories), 2 * sizes.detector_requests))
+    requests, _ = _request_rows(stories, sizes.detector_requests, "train", rng)
+    answerable = [{k: v for k, v in r.items() if k not in ("reference", "template")} | {"refuse": False}
+                  for r in requests + _small_talk_rows(sizes.detector_small_talk, "train", rng)]
+    rows = facts + answerable
+    rng.shuffle(rows)
+    return rows
 
 
 def _follow_ups(maker: HistoryMaker, n: int, rng: random.Random) -> list[dict]:

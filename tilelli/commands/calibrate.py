@@ -2,8 +2,10 @@
 
 First fits the rule's refusal detector (tilelli.chat.detector) on `--detector-prompts` turns of
 the chat set's own training stream (`train.bin`: the turns the model was fine-tuned on, labelled
-by whether their reply was a refusal). Then measures both scores of the rule (the detector's
-log-odds and the surprise; tilelli.chat.abstain) on
+by whether their reply was a refusal) and on the set's fresh turns (`detector.jsonl`: questions
+of the training split the fine-tuning never used, new requests and small talk; labelled by
+`refuse`), so that it learns where new questions fall, not only memorised ones. Then measures
+both scores of the rule (the detector's log-odds and the surprise; tilelli.chat.abstain) on
 every prompt of `eval/calibration.jsonl` (from `tilelli prepare-chat`: story requests and small
 talk in phrasings never trained on, alone and as third turns; disjoint from the evaluation
 sets), as a session would build it, and stores the split-conformal thresholds for a bound
@@ -97,18 +99,27 @@ def run(args: argparse.Namespace) -> int:
 
 
 def fit_detector(decoder: Any, train: Path, n: int) -> Any:
-    """The refusal detector, fitted on n turns of the training stream `train`."""
+    """The refusal detector, fitted on n turns of the training stream `train` and on the fresh
+    turns of `detector.jsonl` beside it (a chat set from before it was added has none)."""
     import numpy as np
 
+    from tilelli.chat.dataset import DETECTOR_FILE
     from tilelli.chat.detector import Detector, training_turns
 
     stream = train.read_bytes()
-    turns = training_turns(stream, n)
-    signals = row_signals(decoder, [{"history": h, "prompt": t} for h, t, _ in turns])
+    rows = [{"history": h, "prompt": t, "refuse": refused} for h, t, refused in training_turns(stream, n)]
+    n_train, fresh = len(rows), train.parent / DETECTOR_FILE
+    if fresh.is_file():
+        rows += [json.loads(line) for line in fresh.read_text(encoding="utf-8").splitlines() if line.strip()]
+    signals = row_signals(decoder, rows)
     keep = [i for i, s in enumerate(signals) if s.features]  # prompts too long to score are left out
     x = np.array([signals[i].features for i in keep])
-    refused = np.array([turns[i][2] for i in keep])
-    detector = Detector.fit(x, refused, {"file": train.name, "sha256": hashlib.sha256(stream).hexdigest()})
-    print(f"detector: {len(keep)} training turns ({int(refused.sum())} refused), cross-validated AUROC "
+    refused = np.array([bool(rows[i]["refuse"]) for i in keep])
+    record = {"file": train.name, "sha256": hashlib.sha256(stream).hexdigest(), "training_turns": n_train}
+    if fresh.is_file():
+        record["fresh"] = {"file": fresh.name, "sha256": hashlib.sha256(fresh.read_bytes()).hexdigest(),
+                           "turns": len(rows) - n_train}
+    detector = Detector.fit(x, refused, record)
+    print(f"detector: {len(keep)} turns ({int(refused.sum())} refused), cross-validated AUROC "
           f"{detector.record['cv_auroc']:.4f}", file=sys.stderr)
     return detector
