@@ -47,7 +47,7 @@ def test_greedy_continuation_is_tilelli_generates_and_stays_on_its_origin(browse
     # a tiny model writes any byte: the page decodes as Python's "replace" does (the Unicode practice)
     assert PROMPT + text + "\n" == generated(ckpt, capsysbinary).decode("utf-8", "replace")
     assert all(e.startswith(url) for e in entries if "://" in e), entries
-    assert {r.split("?")[0] for r in requests} <= {"/", "/chat.css", "/chat-view.js", "/tilelli.js", "/worker.js",
+    assert {r.split("?")[0] for r in requests} <= {"/", "/tilelli.js", "/worker.js",
                                                    "/engine.wasm", "/model.tlm", "/favicon.ico"}, requests
 
 

@@ -1,8 +1,8 @@
 """`tilelli export --web`: a static site that chats with the model in the tab.
 
-What it writes: index.html, tilelli.js and worker.js (tilelli/web/, as they are), chat.css and
-chat-view.js (the `<style>` and the marked chat-view script of the `tilelli serve` page, so both
-pages share one look, one message view and one source), engine.wasm
+What it writes: index.html (the `tilelli serve` chat page, its API client replaced by
+tilelli/web/page.js: one page, one look, one message view), tilelli.js and worker.js
+(tilelli/web/, as they are), engine.wasm
 (`tilelli.web.wasm`) and model.tlm (`tilelli.infer.model_file`, which carries the chat template
 flag, the abstain rule's thresholds and refusal detector, and the sampling defaults). Every file
 is fetched from the page's own origin: opened from any static file server, it makes no other
@@ -23,16 +23,19 @@ from pathlib import Path
 from tilelli.web.wasm import build_wasm
 
 HERE = Path(__file__).parent
-ASSETS = ("index.html", "tilelli.js", "worker.js")
+ASSETS = ("tilelli.js", "worker.js")
 SERVE_PAGE = HERE.parent / "serve" / "static" / "index.html"
 INT8_OFF = "const INT8 = false;"  # worker.js's switch for the integer path, as shipped
 
 
-def serve_part(pattern: str) -> str:
-    """A part of the serve chat page: its CSS or its chat view's script."""
-    found = re.search(pattern, SERVE_PAGE.read_text(), re.S)
-    assert found, f"{SERVE_PAGE} has no {pattern!r}"
-    return found.group(1)
+def tab_page() -> str:
+    """The serve chat page with its own script (between page:start and page:end) replaced by the
+    in-tab one, after tilelli.js."""
+    page = SERVE_PAGE.read_text()
+    own = re.search(r"// page:start\n.*?// page:end\n", page, re.S)
+    assert own and page.count("<script>\n") == 1, f"{SERVE_PAGE} must mark its own script once"
+    page = page[:own.start()] + (HERE / "page.js").read_text() + page[own.end():]
+    return page.replace("<script>\n", '<script src="tilelli.js"></script>\n<script>\n')
 
 
 def write_site(out: Path, int8: bool = False) -> None:
@@ -44,8 +47,7 @@ def write_site(out: Path, int8: bool = False) -> None:
         worker = (out / "worker.js").read_text()
         assert worker.count(INT8_OFF) == 1, f"worker.js must hold {INT8_OFF!r} once"
         (out / "worker.js").write_text(worker.replace(INT8_OFF, "const INT8 = true;"))
-    (out / "chat.css").write_text(serve_part(r"<style>\n(.*?)</style>"))
-    (out / "chat-view.js").write_text('"use strict";\n' + serve_part(r"(// view:start.*?// view:end\n)"))
+    (out / "index.html").write_text(tab_page())
     shutil.copyfile(build_wasm(), out / "engine.wasm")
 
 

@@ -1,39 +1,6 @@
-<!DOCTYPE html>
-<!--
-  The tilelli chat page with the model in the tab (`tilelli export --web`): no server, no other
-  network request. tilelli.js runs the engine (WebAssembly) in a Web Worker and exposes
-  window.tilelli; this page is one client of it. chat.css and chat-view.js are the look and the
-  message view of the `tilelli serve` page, copied from it at export time. A chat model chats (its template and abstain rule); a
-  base model continues the text it is given.
--->
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>tilelli chat</title>
-<link rel="stylesheet" href="chat.css">
-</head>
-<body>
-<header>
-  <h1>tilelli</h1>
-  <span id="status" class="loading">loading the model…</span>
-  <span class="spacer"></span>
-  <span class="legend">confidence: <span id="lg-low">low</span> <span id="lg-mid">mid</span>
-    <span id="lg-high">high</span></span>
-  <label><input type="checkbox" id="shade" checked> shade</label>
-  <label>temperature <input type="number" id="temperature" min="0" max="2" step="0.1" value="0.7"></label>
-  <label>max bytes <input type="number" id="max-tokens" min="1" step="10" value="300"></label>
-  <button type="button" class="secondary" id="new-chat">New chat</button>
-</header>
-<main id="messages" aria-live="polite"><p id="empty">Say something to the model.</p></main>
-<form id="composer">
-  <textarea id="input" rows="1" placeholder="Message (Enter sends, Shift+Enter: new line)" autofocus></textarea>
-  <button type="submit" id="send">Send</button>
-</form>
-<script src="tilelli.js"></script>
-<script src="chat-view.js"></script>
-<script>
-"use strict";
+// The in-tab chat page's own script (`tilelli export --web` puts it in the `tilelli serve` page
+// in place of that page's API client): window.tilelli (tilelli.js) runs the model in a Web
+// Worker. A chat model chats (its template and abstain rule); a base model continues the text.
 const turns = [];  // [{role, content}] of finished turns
 let settings = null, busy = false;
 
@@ -89,6 +56,8 @@ $("new-chat").addEventListener("click", () => {
   turns.length = 0;
   clearMessages();
 });
+$("stop").hidden = true;  // a reply in the tab runs to its end
+setStatus("loading the model…", "loading");
 tilelli.ready.then((s) => {
   settings = s;
   $("temperature").value = s.chat ? s.temperature : 0;
@@ -96,6 +65,3 @@ tilelli.ready.then((s) => {
   if (!s.chat) $("input").placeholder = "Text for the model to continue (Enter sends)";
   setStatus(`${s.chat ? "chat" : "text"} model in this tab · ${s.context} bytes of context`, "ready");
 }, (e) => setStatus(`the model failed to load: ${e.message}`, "down"));
-</script>
-</body>
-</html>
