@@ -1,7 +1,7 @@
 """Export the chat runs of `studies/chat/runs.py` into checkpoints/: the chat models that ship (issue 23).
 
-Each model's stage-2 run (`runs.py --stage 2`), final checkpoint. (The chat models shipped in
-session 8 are the stage-1 runs' final checkpoints, step 300: their records say so.)
+Each model's stage-2 run (`runs.py --stage 2`), final checkpoint: shipped in session 10
+(records/session10/). (Those of session 8 were the stage-1 runs' final checkpoints, step 300.)
 
 - `tilelli-chat-lite-ternary` (the default of `tilelli chat` and `tilelli serve`): the ternary
   chat run's final checkpoint as packed trits;
