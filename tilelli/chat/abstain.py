@@ -98,11 +98,12 @@ def peak_bits_per_byte(logprobs: np.ndarray, window: int = PEAK_WINDOW) -> float
     return float(sums.max() / w)
 
 
-def measure(decoder: Any, prompts: Sequence[bytes], batch_size: int = 16) -> list[Signals]:
+def measure(decoder: Any, prompts: Sequence[bytes], batch_size: int = 16, alone: bool = True) -> list[Signals]:
     """Both signals for every chat prompt (history + USER text ASSISTANT), in one teacher-forced
     pass each: the last user turn's text and the refusals' shared OPENING after the rest; the
     next-byte probabilities after OPENING say which refusal the model would go on with. A prompt
-    with a history is measured a second time without it (`Signals.alone`)."""
+    with a history is measured a second time without it (`Signals.alone`), unless `alone` is off
+    (the detector's fit reads the conversation's reading only)."""
     starts = [p.rfind(bytes([USER])) + 1 for p in prompts]
     if any(s == 0 or not p or p[-1] != ASSISTANT for p, s in zip(prompts, starts, strict=True)):
         raise TilelliError("a chat prompt must end with a user turn (USER text ASSISTANT)")
@@ -120,7 +121,7 @@ def measure(decoder: Any, prompts: Sequence[bytes], batch_size: int = 16) -> lis
         refusal, surprise = float(math.exp(lp[n_text + 1:].sum())), peak_bits_per_byte(lp[:n_text])
         out[i] = Signals(refusal, surprise, max(goes_on, key=goes_on.get),
                          features(rows[n_text + 1], rows[:max(n_text, 1)], refusal, surprise))
-    later = [i for i, s in enumerate(starts) if s > 1]  # turns with a history: read them alone too
+    later = [i for i, s in enumerate(starts) if s > 1 and alone]  # turns with a history: read them alone too
     if later:
         for i, alone in zip(later, measure(decoder, [prompts[i][starts[i] - 1:] for i in later], batch_size),
                             strict=True):

@@ -48,14 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_arguments(parser)
 
 
-def row_signals(decoder: Any, rows: list[dict]) -> list[Any]:
+def row_signals(decoder: Any, rows: list[dict], alone: bool = True) -> list[Any]:
     """The rule's signals for held-out rows ({"prompt", "history"}), on the prompts a chat session
     would build for them."""
     from tilelli.chat.abstain import measure
     from tilelli.chat.session import conversation_prompt
 
     return measure(decoder, [conversation_prompt([tuple(t) for t in r.get("history", [])], r["prompt"],
-                                                 decoder.max_seq_len)[0] for r in rows])
+                                                 decoder.max_seq_len)[0] for r in rows], alone=alone)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,7 +111,7 @@ def fit_detector(decoder: Any, train: Path, n: int) -> Any:
     n_train, fresh = len(rows), train.parent / DETECTOR_FILE
     if fresh.is_file():
         rows += [json.loads(line) for line in fresh.read_text(encoding="utf-8").splitlines() if line.strip()]
-    signals = row_signals(decoder, rows)
+    signals = row_signals(decoder, rows, alone=False)  # the fit reads each turn in its conversation
     keep = [i for i, s in enumerate(signals) if s.features]  # prompts too long to score are left out
     x = np.array([signals[i].features for i in keep])
     refused = np.array([bool(rows[i]["refuse"]) for i in keep])
