@@ -1,12 +1,13 @@
 """The exported site (`tilelli export --web`) in headless Chromium, from a loopback static server:
 the same greedy bytes as `tilelli generate`, the same chat replies and abstentions as `tilelli
-chat`, and no request outside the page's own origin. Skips without Debian's clang + WASI libc
-or chromium + chromium-driver."""
+chat`, and no request outside the page's own origin; the relaxed-SIMD module and the SIMD128 one
+alike. Skips without the WebAssembly compiler (the `web` extra) or chromium + chromium-driver."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 import pytest
 from exported import PROMPT, SHIPPED, chat_reply, detector_rule, export, generated, tiny_checkpoint
@@ -19,8 +20,7 @@ from tilelli.web.site import static_server
 
 needs_browser = pytest.mark.skipif(not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
                                    reason="needs Debian's chromium and chromium-driver")
-pytestmark = pytest.mark.skipif(not (shutil.which(wasm.COMPILER) and wasm.SYSROOT.is_dir()),
-                                reason=f"needs Debian's {wasm.PACKAGES}")
+pytestmark = pytest.mark.skipif(not wasm.available(), reason='needs the WebAssembly compiler: pip install ".[web]"')
 
 
 def in_page(driver, script: str, *args):
@@ -48,15 +48,22 @@ def test_greedy_continuation_is_tilelli_generates_and_stays_on_its_origin(browse
     assert PROMPT + text + "\n" == generated(ckpt, capsysbinary).decode("utf-8", "replace")
     assert all(e.startswith(url) for e in entries if "://" in e), entries
     assert {r.split("?")[0] for r in requests} <= {"/", "/tilelli.js", "/worker.js",
-                                                   "/engine.wasm", "/model.tlm", "/favicon.ico"}, requests
+                                                   "/engine-relaxed.wasm", "/model.tlm", "/favicon.ico"}, requests
 
 
 @needs_browser
+@pytest.mark.parametrize("module", ["relaxed", "simd128"])
 @pytest.mark.parametrize("options", [(), ("--int8",)], ids=["float", "int8"])
-def test_shipped_default_model(browser, tmp_path, capsysbinary, options):  # noqa: F811
+def test_shipped_default_model(browser, tmp_path, capsysbinary, options, module):  # noqa: F811
+    """Both modules, both paths: the same bytes as `tilelli generate`. Chromium takes the
+    relaxed-SIMD module; the SIMD128 one is tested by serving it under the relaxed one's name."""
     site = export(SHIPPED, tmp_path / "site", "web", *options)  # --int8: the page runs the integer path
+    if module == "simd128":
+        shutil.copyfile(site / "engine.wasm", site / "engine-relaxed.wasm")
     with static_server(site) as (url, _):
         text = completed(browser, url)
+        assert in_page(browser, "fetch('engine-relaxed.wasm').then((r) => r.arrayBuffer())"
+                                ".then((b) => WebAssembly.validate(b))")  # (what the worker asks)
     assert (PROMPT + text + "\n").encode() == generated(SHIPPED, capsysbinary, 64, *options)  # valid UTF-8
 
 
@@ -114,9 +121,26 @@ def test_chat_with_a_refusal_detector_is_tilelli_chats(browser, tmp_path, answer
     assert got["abstained"] == (not answers)
 
 
-def test_missing_clang_is_one_line_naming_the_packages(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(wasm, "COMPILER", "no-such-clang")
+def test_a_missing_compiler_is_one_line_saying_what_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(wasm, "available", lambda: False)
     assert main(["export", "--checkpoint", str(tiny_checkpoint(tmp_path, "ternary")), "--web",
                  "--out", str(tmp_path / "site")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and wasm.PACKAGES in err and not (tmp_path / "site").exists()
+    assert err.count("\n") == 1 and 'pip install "tilelli[web]"' in err and not (tmp_path / "site").exists()
+
+
+def test_a_failing_compiler_is_one_line_too(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(wasm, "COMPILER", [sys.executable, "-c", "import sys; sys.exit('error: no wasm today')"])
+    assert main(["export", "--checkpoint", str(tiny_checkpoint(tmp_path, "ternary")), "--web",
+                 "--out", str(tmp_path / "site")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no wasm today" in err
+
+
+def test_the_relaxed_module_holds_the_relaxed_dot_and_the_other_none():
+    """The integer path's dot product is the relaxed instruction (opcode 0xfd 0x113) in one
+    module only, and neither fuses float multiply-adds (relaxed_madd, 0xfd 0x105)."""
+    modules = {name: path.read_bytes() for name, path in wasm.build_wasm().items()}
+    dot, madd = bytes([0xFD, 0x93, 0x02]), bytes([0xFD, 0x85, 0x02])
+    assert dot in modules["engine-relaxed.wasm"] and dot not in modules["engine.wasm"]
+    assert madd not in modules["engine-relaxed.wasm"]

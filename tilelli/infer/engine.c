@@ -203,7 +203,11 @@ static inline codes8 t2_bytes(const uint16_t *block) {
     return (codes8){{w & 3, (w >> 2) & 3, (w >> 4) & 3, (w >> 6) & 3}};
 }
 static inline vi vi_dot(vi acc, codes8 c, const int8_t *q) {  /* 16-bit sums <= 4 * 2 * 127 */
-#ifdef __wasm_simd128__ /* the browser: SIMD128's widening multiply, 3x the generic code's speed */
+#if defined(__wasm_relaxed_simd__) /* the browser with relaxed SIMD: one dot product per 16 bytes */
+    v128_t s = wasm_i32x4_splat(0);
+    for (int k = 0; k < 4; ++k) s = wasm_i32x4_relaxed_dot_i8x16_i7x16_add(wasm_v128_load(q + 16 * k), (v128_t)c.k[k], s);
+    return acc + __builtin_shufflevector((ints4)s, (ints4){0}, 0, 1, 2, 3, 4, 5, 6, 7);
+#elif defined(__wasm_simd128__) /* the browser: SIMD128's widening multiply, 3x the generic code's speed */
     v128_t lo = wasm_i16x8_splat(0), hi = lo;
     for (int k = 0; k < 4; ++k) {
         const v128_t ck = (v128_t)c.k[k], qk = wasm_v128_load(q + 16 * k);

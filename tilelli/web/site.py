@@ -2,11 +2,11 @@
 
 What it writes: index.html (the `tilelli serve` chat page, its API client replaced by
 tilelli/web/page.js: one page, one look, one message view), tilelli.js and worker.js
-(tilelli/web/, as they are), engine.wasm
-(`tilelli.web.wasm`) and model.tlm (`tilelli.infer.model_file`, which carries the chat template
-flag, the abstain rule's thresholds and refusal detector, and the sampling defaults). Every file
-is fetched from the page's own origin: opened from any static file server, it makes no other
-request.
+(tilelli/web/, as they are), engine-relaxed.wasm and engine.wasm (`tilelli.web.wasm`: the
+worker takes the first its browser accepts) and model.tlm (`tilelli.infer.model_file`, which
+carries the chat template flag, the abstain rule's thresholds and refusal detector, and the
+sampling defaults). Every file is fetched from the page's own origin: opened from any static
+file server, it makes no other request.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def write_site(out: Path, int8: bool = False) -> None:
         assert worker.count(INT8_OFF) == 1, f"worker.js must hold {INT8_OFF!r} once"
         (out / "worker.js").write_text(worker.replace(INT8_OFF, "const INT8 = true;"))
     (out / "index.html").write_text(tab_page())
-    shutil.copyfile(build_wasm(), out / "engine.wasm")
+    for name, module in build_wasm().items():
+        shutil.copyfile(module, out / name)
 
 
 @contextlib.contextmanager

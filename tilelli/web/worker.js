@@ -1,5 +1,6 @@
 // The Web Worker that runs the engine (engine.wasm, built from tilelli/web/wasm.c), so the page
-// stays responsive while the model computes. It fetches engine.wasm and model.tlm from its own
+// stays responsive while the model computes. It fetches engine-relaxed.wasm (and engine.wasm,
+// where the browser lacks relaxed SIMD) and model.tlm from its own
 // origin (the only requests it makes), then answers one request at a time:
 //   {id, op: "complete", prompt, maxTokens}        greedy continuation
 //   {id, op: "chat", messages, options}            a chat reply (template + abstain rule in C)
@@ -26,10 +27,16 @@ function cString(ptr) {
   return new TextDecoder().decode(mem.subarray(ptr, end));
 }
 
+// The relaxed-SIMD build where the browser accepts it (the same results, faster), else SIMD128 only.
+// Not instantiateStreaming: that needs the server to say application/wasm, and any server should do.
+async function engineBytes() {
+  const relaxed = await fetch("engine-relaxed.wasm").then((r) => r.arrayBuffer());
+  return WebAssembly.validate(relaxed) ? relaxed : fetch("engine.wasm").then((r) => r.arrayBuffer());
+}
+
 async function load() {
   const [module, model] = await Promise.all([
-    // not instantiateStreaming: that needs the server to say application/wasm, and any server should do
-    fetch("engine.wasm").then((r) => r.arrayBuffer()).then((b) => WebAssembly.instantiate(b, { wasi_snapshot_preview1: wasi })),
+    engineBytes().then((b) => WebAssembly.instantiate(b, { wasi_snapshot_preview1: wasi })),
     fetch("model.tlm").then((r) => r.arrayBuffer()),
   ]);
   wasm = module.instance.exports;
