@@ -304,3 +304,15 @@ def test_shipped_checkpoints_match_the_pytorch_path(name, monkeypatch):
     data = VALID.read_bytes()[:1000]
     assert_matches_the_pytorch_path(fast.forward([fast.new_sequence()], [data], all_logits=True), tref, data,
                                     monkeypatch)
+
+
+def test_tilelli_cflags_reach_every_native_build(monkeypatch):
+    """$TILELLI_CFLAGS (e.g. -mno-avx512f: an AVX2-only build on this CPU) joins the flags of every
+    native build; an unparsable value is a build failure that says so, not a crash."""
+    from tilelli.kernels.build import CODE_FLAGS, USER_FLAGS, code_flags
+
+    monkeypatch.setenv(USER_FLAGS, "-mno-avx512f -DX='a b'")
+    assert code_flags() == [*CODE_FLAGS, "-mno-avx512f", "-DX=a b"]
+    monkeypatch.setenv(USER_FLAGS, "-DX='unclosed")
+    with pytest.raises(RuntimeError, match=USER_FLAGS):
+        code_flags()

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tilelli.kernels.build import USER_FLAGS
+
 PROMPT = b"Once upon a time"
 
 
@@ -193,8 +195,11 @@ def load_1min() -> float | None:
 
 
 def machine() -> dict[str, Any]:
+    """The CPU, and the native build's extra flags when $TILELLI_CFLAGS sets some (an AVX2-only
+    build on an AVX-512 CPU measures what the AVX2 machine runs, not this CPU's best)."""
+    extra = {"native_flags": os.environ[USER_FLAGS]} if os.environ.get(USER_FLAGS) else {}
     return {**cpu_identity(), "cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
-            "load_1min_at_start": load_1min()}
+            "load_1min_at_start": load_1min(), **extra}
 
 
 def cpu_line(m: dict[str, Any]) -> str:
@@ -202,7 +207,8 @@ def cpu_line(m: dict[str, Any]) -> str:
     if "isa" not in m:  # a record from before CPUs were named in full
         return f"{m['cpu']} (family/model and instruction sets not recorded)"
     isa = ", ".join(f for f, on in m["isa"].items() if on) or "none of " + ", ".join(ISA_FLAGS)
-    return f"{m['cpu']} (family/model {m['cpu_family_model']}; {isa})"
+    built = f", Tilelli's engine built with {m['native_flags']}" if m.get("native_flags") else ""
+    return f"{m['cpu']} (family/model {m['cpu_family_model']}; {isa}{built})"
 
 
 def run_all(checkpoints: list[Path], threads: int, repeats: int, prefill: bytes,

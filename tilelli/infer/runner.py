@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tilelli.errors import TilelliError
-from tilelli.kernels.build import CODE_FLAGS, COMPILER, built
+from tilelli.kernels.build import COMPILER, built, code_flags
 
 HERE = Path(__file__).parent
 RUNNER = "tilelli-run"  # the binary's name in an export
@@ -24,9 +24,9 @@ def build_runner() -> Path:
     sources = [HERE / "runner.c", *ENGINE_PARTS]
     try:
         try:
-            return built(RUNNER, sources, [COMPILER, *CODE_FLAGS], "", ["-lm"])
+            return built(RUNNER, sources, [COMPILER, *code_flags()], "", ["-lm"])
         except RuntimeError:  # no OpenMP here: one thread
-            return built(RUNNER, sources, [COMPILER, *(f for f in CODE_FLAGS if f != "-fopenmp")], "",
+            return built(RUNNER, sources, [COMPILER, *(f for f in code_flags() if f != "-fopenmp")], "",
                          ["-lm"])
     except FileNotFoundError:
         raise TilelliError(f"--native needs a C compiler ('{COMPILER}'); install one (Debian: apt-get install "

@@ -17,6 +17,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -33,10 +34,18 @@ COMPILER = "cc"
 # inference engine size their per-query buffers with it); a larger top_k runs on PyTorch.
 MAX_TOP_K = 256
 # IEEE arithmetic (no -ffast-math); `omp simd` reductions may reorder sums, contraction may fuse.
-# CODE_FLAGS decide the numbers (every build of the engine, the runner included, passes them);
-# FLAGS make a shared library of it.
+# CODE_FLAGS decide the numbers (every build of the engine, the runner included, passes them).
 CODE_FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-std=c11", f"-DMAX_TOP_K={MAX_TOP_K}"]
-FLAGS = [*CODE_FLAGS, "-fPIC", "-shared"]
+USER_FLAGS = "TILELLI_CFLAGS"  # more flags for every native build, e.g. "-mno-avx512f"
+
+
+def code_flags() -> list[str]:
+    """CODE_FLAGS, then $TILELLI_CFLAGS: e.g. "-mno-avx512f" builds what an AVX2-only CPU runs,
+    on this one, to measure it (studies/speed/peers.py records the flags beside its figures)."""
+    try:
+        return [*CODE_FLAGS, *shlex.split(os.environ.get(USER_FLAGS, ""))]
+    except ValueError as e:  # a build failure: the kernels fall back to PyTorch, the runner says why
+        raise RuntimeError(f"{USER_FLAGS}: {e}") from None
 
 _disabled = 0
 _noted: set[str] = set()  # the notes said so far in this process
@@ -117,7 +126,7 @@ def built(name: str, sources: Sequence[Path], command: Sequence[str], suffix: st
 class NativeLibrary:
     """One C source, built and loaded on first use; `declare(lib)` sets the ctypes signatures.
 
-    `what` names the kernel in notes ("top-k attention"). `extra_flags` are added to FLAGS (tests
+    `what` names the kernel in notes ("top-k attention"). `extra_flags` are added to code_flags() (tests
     build the same source for a smaller instruction set, e.g. "-mno-avx512f", to check every
     code path of a kernel against the others on one machine).
     """
@@ -125,7 +134,7 @@ class NativeLibrary:
     def __init__(self, name: str, source: Path, declare: Callable[[ctypes.CDLL], None], what: str,
                  extra_flags: tuple[str, ...] = ()):
         self.name, self.source, self.declare, self.what = name, source, declare, what
-        self.flags = [*FLAGS, *extra_flags]
+        self.extra_flags = extra_flags
         self._lib: ctypes.CDLL | None = None
         self._tried = False
         self._lock = threading.Lock()
@@ -138,7 +147,8 @@ class NativeLibrary:
             if not self._tried:
                 self._tried = True
                 try:
-                    path = built(self.name, [self.source], [COMPILER, *self.flags], ".so", ["-lm"])
+                    flags = [*code_flags(), "-fPIC", "-shared", *self.extra_flags]
+                    path = built(self.name, [self.source], [COMPILER, *flags], ".so", ["-lm"])
                     lib = ctypes.CDLL(str(path))
                     self.declare(lib)
                     self._lib = lib
