@@ -398,6 +398,27 @@ def test_calibration_splits_alpha_so_the_union_bound_holds():
     assert sum(rule.decide(s).abstain for s in signals) / len(signals) <= 0.1
 
 
+def test_calibration_bounds_each_kind_not_only_their_mix():
+    """Many requests that score low and fewer small talk turns that score high: pooled, the
+    thresholds refuse far more than alpha of the small talk; kind by kind, each kind <= alpha."""
+    rng = np.random.default_rng(0)
+    requests = [Signals(float(r), float(s))
+                for r, s in zip(rng.uniform(0, 0.3, 600), rng.uniform(1, 3, 600), strict=True)]
+    talk = [Signals(float(r), float(s))
+            for r, s in zip(rng.uniform(0.2, 0.6, 150), rng.uniform(2, 6, 150), strict=True)]
+    signals, kinds = requests + talk, ["request"] * 600 + ["small_talk"] * 150
+    pooled = AbstainRule.calibrate(signals, 0.1, {})
+    assert np.mean([pooled.decide(s).abstain for s in talk]) > 0.2
+    rule = AbstainRule.calibrate(signals, 0.1, {}, kinds=kinds)
+    for kind, mine in (("request", requests), ("small_talk", talk)):
+        assert np.mean([rule.decide(s).abstain for s in mine]) <= 0.1
+        assert rule.record["by_kind"][kind]["n"] == len(mine)
+    assert rule.refusal_threshold == rule.record["by_kind"]["small_talk"]["refusal"] == conformal_threshold(
+        [s.refusal for s in talk], 0.05)
+    with pytest.raises(TilelliError, match="'small_talk'"):
+        AbstainRule.calibrate(requests + talk[:5], 0.1, {}, kinds=["request"] * 600 + ["small_talk"] * 5)
+
+
 def test_measure_leaves_prompts_without_room_for_the_refusal_unscored(tiny_ckpt):
     s = measure(load_decoder(tiny_ckpt), [turn("x" * 240)])[0]
     assert math.isnan(s.refusal) and math.isnan(s.surprise)
@@ -408,7 +429,8 @@ def test_measure_leaves_prompts_without_room_for_the_refusal_unscored(tiny_ckpt)
 
 def test_a_later_turn_is_also_read_alone_and_either_reading_decides(tiny_ckpt):
     """A turn with a history is measured again as a new conversation's first turn; the rule
-    abstains when either reading calls for it, and calibrates on the higher one."""
+    abstains when either reading's refusal score calls for it, and calibrates on the higher one;
+    the surprise is the text's read alone."""
     decoder = load_decoder(tiny_ckpt, engine="torch")
     text = "What is the capital of Peru?"
     later, first = measure(decoder, [conversation_prompt([("hi", "yo")], text, 256)[0], turn(text)])
@@ -418,13 +440,13 @@ def test_a_later_turn_is_also_read_alone_and_either_reading_decides(tiny_ckpt):
     assert later.alone.surprise == pytest.approx(first.surprise, rel=1e-4)
     first = later.alone
     assert later.top_refusal == max(later.refusal, first.refusal)
-    assert later.top_surprise == max(later.surprise, first.surprise)
+    assert later.text_surprise == first.surprise and first.text_surprise == first.surprise
     rule = AbstainRule(0.25, 5.0)
     in_context, alone = Signals(0.1, 1.0), Signals(0.3, 1.0, "unreadable")
     assert not rule.decide(in_context).abstain
     d = rule.decide(replace(in_context, alone=alone))  # the reading alone calls for its refusal
     assert d.abstain and d.reason == "unreadable" and rule.refusal_score(d.signals) == 0.3
-    assert rule.decide(Signals(0.1, 6.0, alone=Signals(0.1, 1.0))).reason == "unreadable"  # surprised in context
+    assert not rule.decide(Signals(0.1, 6.0, alone=Signals(0.1, 1.0))).abstain  # surprising after its history only
     assert rule.decide(Signals(math.nan, math.nan, alone=Signals(0.1, 6.0))).reason == "unreadable"  # too long there
     assert not rule.decide(Signals(0.1, 1.0, alone=Signals(math.nan, math.nan))).abstain
     signals = [Signals(0.1 * i % 1, 1.0, alone=Signals(0.05 * i % 1, 2.0)) for i in range(100)]
@@ -487,13 +509,15 @@ def test_calibrate_writes_the_rule_that_chat_then_uses(tiny_ckpt, chat_set, tmp_
     assert rule.detector is not None and rule.detector.record["prompts"] > 0
     fitted_on = rule.detector.record["fresh"]  # the set's fresh turns, besides its training turns
     assert fitted_on["turns"] == len(rows(chat_set / "detector.jsonl")) > 0
-    assert rule == AbstainRule.calibrate(measure(decoder, prompts), 0.4, rule.record, rule.detector)
+    kinds = [r["kind"] for r in cal]
+    assert rule == AbstainRule.calibrate(measure(decoder, prompts), 0.4, rule.record, rule.detector, kinds)
     assert rule.record["calibration"]["prompts"] == len(cal) > 0
     done = run_cli("calibrate", "--checkpoint", str(ckpt), "--data", str(chat_set), "--alpha", "0.4",
                    "--detector-prompts", "0")
     assert done.returncode == 0, done.stderr
     plain = AbstainRule.load(ckpt)
-    assert plain == AbstainRule.calibrate(measure(decoder, prompts), 0.4, plain.record) and plain.detector is None
+    assert plain == AbstainRule.calibrate(measure(decoder, prompts), 0.4, plain.record, kinds=kinds)
+    assert plain.detector is None and set(plain.record["by_kind"]) == set(kinds)
     ask = ("chat", "--checkpoint", str(ckpt), "--prompt", "hi", "--json", "--max-new-tokens", "8", "--temperature", "0")
     for extra, refused in ((("--abstain-threshold", "0"), True), (("--abstain-threshold", "1"), False)):
         out = json.loads(run_cli(*ask, *extra).stdout)

@@ -22,8 +22,10 @@ from exported import (
     tiny_checkpoint,
 )
 
-from tilelli.chat.abstain import AbstainRule
+from tilelli.chat.abstain import AbstainRule, measure
+from tilelli.chat.session import conversation_prompt
 from tilelli.chat.template import REFUSAL_UNREADABLE
+from tilelli.infer import load_decoder
 from tilelli.infer.engine import library
 from tilelli.infer.model_file import ENTRY, HEADER, MODEL_FILE
 from tilelli.infer.runner import RUNNER
@@ -84,6 +86,32 @@ def test_chat_decision_with_a_refusal_detector_is_tilelli_chats(tmp_path, answer
                          input="\n".join(texts).encode() + b"\n", capture_output=True, timeout=120)
     assert got.returncode == 0, got.stderr
     assert got.stdout.decode() == "".join(r + "\n" for r, _ in chat_replies(ckpt, rule, texts))
+
+
+def test_a_later_turn_is_unreadable_by_its_own_surprise_in_c_as_in_python(tmp_path):
+    """The surprise that decides is the last turn's read alone (`Signals.text_surprise`), not the
+    one its history gives it: with the threshold between the two, both answer."""
+    first, never = "Tell me a story about a cat.", AbstainRule(1.0)  # P(refusal) > 1: never
+    ckpt = tiny_checkpoint(tmp_path, "ternary", never)
+    [(reply, _)] = chat_replies(ckpt, never, [first])
+    decoder = load_decoder(ckpt, "native", 1)
+
+    def readings(text: str) -> tuple[float, float]:
+        s = measure(decoder, [conversation_prompt([(first, reply)], text, decoder.max_seq_len)[0]])[0]
+        return s.surprise, s.alone.surprise
+
+    text, (in_context, alone) = max(((t, readings(t)) for t in ("Hi!", "ok", "Thank you!", "zzz", "Who are you?")),
+                                    key=lambda t: t[1][0] - t[1][1])
+    assert in_context > alone + 1e-3, (in_context, alone)  # far apart beside C and Python's 1e-5
+    rule = AbstainRule(1.0, (in_context + alone) / 2)
+    rule.save(ckpt)
+    replies = chat_replies(ckpt, rule, [first, text])
+    assert not replies[1][1]  # answered: only its history made it surprising
+    out = export(ckpt, tmp_path / "native", "native")
+    got = subprocess.run([str(out / RUNNER), str(out / MODEL_FILE), "-n", "40", "--temperature", "0"],
+                         input=f"{first}\n{text}\n".encode(), capture_output=True, timeout=120)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.decode() == "".join(r + "\n" for r, _ in replies)
 
 
 def test_shipped_chat_model_decides_as_tilelli_chat(tmp_path):

@@ -84,7 +84,7 @@ def main() -> int:
             if pub["rule"] is not None:  # the thresholds, re-calibrated over the shipped detector
                 shipped = AbstainRule.load(ckpt)
                 rule = AbstainRule.calibrate(row_signals(load_decoder(ckpt, "torch"), cal), pub["rule"]["alpha"], {},
-                                             shipped.detector if shipped else None)
+                                             shipped.detector if shipped else None, [r["kind"] for r in cal])
                 checker.check(f"{name} refusal threshold", pub["rule"]["refusal_threshold"], rule.refusal_threshold,
                               REFUSAL_T if rule.detector is None else LOG_ODDS_T, absolute=True)
                 checker.check(f"{name} surprise threshold", pub["rule"]["surprise_threshold"],

@@ -120,7 +120,7 @@ def run_rows(decoder, scorer, rule: AbstainRule | None, rows: list[dict]) -> lis
     out = []
     for r, d in zip(rows, decisions, strict=True):
         out.append({"kind": r["kind"], "context": r["context"], "refusal": d.signals.top_refusal,
-                    "surprise": d.signals.top_surprise, "score": rule.refusal_score(d.signals) if rule else math.nan,
+                    "surprise": d.signals.text_surprise, "score": rule.refusal_score(d.signals) if rule else math.nan,
                     "abstained": d.abstain, "reason": d.reason})
     for i, (data, _, stop) in zip(todo, answers, strict=True):
         text = data.decode("utf-8", "replace")

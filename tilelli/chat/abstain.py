@@ -7,7 +7,10 @@ does not become answerable because a story came before it, but a 10 M model's re
 there is weak: after a story the fine-tuned models give "What is the capital of Peru?" a
 refusal probability of a few per cent where alone it is ~0.9. A follow-up that needs the story
 ("What was the dog's name?") is answered alone too, because the chat set teaches such questions
-as answerable. So the rule abstains when either reading calls for it.
+as answerable. So the rule abstains when either reading's refusal score calls for it. Surprise
+is a property of the text (can the model read it at all?), so it is taken from the turn alone:
+after a story, the model expects another request, and "ty" or "howdy." surprise it there at 11-13
+bits/byte where alone they read at 7-8; in the conversation they were refused as unreadable.
 
 Two signals per reading, from one teacher-forced pass over the prompt and the refusals' shared
 opening sentence (`measure`):
@@ -23,11 +26,12 @@ opening sentence (`measure`):
 
 The rule (`AbstainRule`) abstains iff a reading's refusal score > t_r (with the refusal the
 model would go on with: "... Facts like that are beyond a 10M model." or "... I only understand
-simple English.") or a reading's surprise > t_s (the second). Both thresholds are calibrated,
-not tuned on the evaluation: split conformal prediction over the highest score of each prompt
-the model *should* answer (story requests and small talk in phrasings never trained on,
-single-turn and as third turns; `eval/calibration.jsonl`), each at alpha / 2. By the union
-bound a new answerable prompt exchangeable with them is refused with probability at most alpha.
+simple English.") or the text's surprise, read alone, > t_s (the second). Both thresholds are calibrated,
+not tuned on the evaluation: split conformal prediction over the prompts the model *should*
+answer (story requests and small talk in phrasings never trained on, single-turn and as third
+turns; `eval/calibration.jsonl`), each at alpha / 2, for each kind apart (the rule takes the
+highest kind's thresholds). By the union bound a new story request, or a new piece of small
+talk, exchangeable with its kind's is refused with probability at most alpha.
 
 When the rule answers, the answer is decoded under constraints (`answer_sampling`): valid
 UTF-8, and no 12-byte run of a refusal anywhere (nor its first 6 bytes at the start), so an
@@ -84,8 +88,9 @@ class Signals:
         return highest(r.refusal for r in self.readings)
 
     @property
-    def top_surprise(self) -> float:
-        return highest(r.surprise for r in self.readings)
+    def text_surprise(self) -> float:
+        """The last user turn's surprise read alone (its only reading when it has no history)."""
+        return (self.alone or self).surprise
 
 
 def peak_bits_per_byte(logprobs: np.ndarray, window: int = PEAK_WINDOW) -> float:
@@ -189,17 +194,32 @@ class AbstainRule:
         for r in s.readings:
             if self.reading_score(r) > self.refusal_threshold:
                 return Decision(True, r.likelier, s)
-        if s.top_surprise > self.surprise_threshold:
+        if s.text_surprise > self.surprise_threshold:
             return Decision(True, "unreadable", s)
         return Decision(False, None, s)
 
     @classmethod
     def calibrate(cls, signals: Sequence[Signals], alpha: float, record: dict[str, Any],
-                  detector: Detector | None = None) -> AbstainRule:
-        """Each threshold at alpha / 2 over answerable prompts: false refusals <= alpha in all."""
+                  detector: Detector | None = None, kinds: Sequence[str] | None = None) -> AbstainRule:
+        """Each threshold at alpha / 2 over answerable prompts, kind by kind (`kinds`, one per
+        signal; Mondrian conformal prediction), the rule's the highest kind's: every kind's false
+        refusals are <= alpha, not only their mix's. (Pooled, the many requests set the thresholds
+        and the small talk above them was refused 3-10x as often.)"""
         unfitted = cls(0.0, detector=detector)
-        return cls(conformal_threshold([unfitted.refusal_score(s) for s in signals], alpha / 2),
-                   conformal_threshold([s.top_surprise for s in signals], alpha / 2), alpha, record, detector)
+        kinds = ["answerable"] * len(signals) if kinds is None else list(kinds)
+        if len(kinds) != len(signals):
+            raise TilelliError(f"{len(kinds)} kinds for {len(signals)} calibration prompts")
+        by_kind = {}
+        for kind in sorted(set(kinds)):
+            mine = [s for s, k in zip(signals, kinds, strict=True) if k == kind]
+            try:
+                by_kind[kind] = {"n": len(mine),
+                                 "refusal": conformal_threshold([unfitted.refusal_score(s) for s in mine], alpha / 2),
+                                 "surprise": conformal_threshold([s.text_surprise for s in mine], alpha / 2)}
+            except TilelliError as e:
+                raise TilelliError(f"calibration prompts of kind {kind!r}: {e}") from None
+        return cls(max(t["refusal"] for t in by_kind.values()), max(t["surprise"] for t in by_kind.values()),
+                   alpha, {**record, "by_kind": by_kind}, detector)
 
     def save(self, checkpoint_dir: Path) -> Path:
         path = Path(checkpoint_dir) / RULE_FILE

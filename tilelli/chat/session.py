@@ -10,7 +10,7 @@ engine when it can run the model). The `Reply` carries what a caller can act on:
 - `abstain_probability`: the model's probability that the reply opens with the refusal, by
   teacher forcing it, whatever was decided (the higher of the turn's two readings: in its
   conversation and alone, as the rule reads it);
-- `surprise`: peak bits per byte of the user's text as the model read it (the higher reading);
+- `surprise`: peak bits per byte of the user's text, read alone (what the rule compares);
 - `confidence`: the mean probability the model gave the bytes it produced.
 
 With an `AbstainRule` (the shipped chat checkpoints carry a calibrated one) the rule decides,
@@ -39,7 +39,7 @@ class Reply:
     abstained: bool
     confidence: float  # mean probability of the produced bytes (nan when none)
     abstain_probability: float
-    surprise: float  # peak bits per byte of the user's text (its higher reading)
+    surprise: float  # peak bits per byte of the user's text, read alone
     stop_reason: str  # "stop" (the model ended its turn), "max_new_tokens", "context", "interrupted"
     dropped_turns: int = 0  # oldest turns left out of this prompt to fit the context
     probs: list[float] = field(default_factory=list)  # per produced byte
@@ -88,7 +88,7 @@ class ChatSession:
                 on_bytes(decision.reply.encode("utf-8"))
             probs = list(decision.byte_probs)
             reply = Reply(decision.reply, True, float(np.mean(probs)) if probs else float("nan"),
-                          decision.signals.top_refusal, decision.signals.top_surprise, "stop", dropped, probs,
+                          decision.signals.top_refusal, decision.signals.text_surprise, "stop", dropped, probs,
                           decision.reason)
         else:
             reply = self._generate(prompt_bytes, decision, on_bytes)
@@ -111,5 +111,5 @@ class ChatSession:
         out = bytes(stream.out).decode("utf-8", errors="replace")  # valid UTF-8 by construction
         probs = list(stream.probs)
         return Reply(out, decision.abstained(out), float(np.mean(probs)) if probs else float("nan"),
-                     decision.signals.top_refusal, decision.signals.top_surprise,
+                     decision.signals.top_refusal, decision.signals.text_surprise,
                      reason or stream.stop_reason or "max_new_tokens", 0, probs)

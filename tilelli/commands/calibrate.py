@@ -9,7 +9,8 @@ both scores of the rule (the detector's log-odds and the surprise; tilelli.chat.
 every prompt of `eval/calibration.jsonl` (from `tilelli prepare-chat`: story requests and small
 talk in phrasings never trained on, alone and as third turns; disjoint from the evaluation
 sets), as a session would build it, and stores the split-conformal thresholds for a bound
-`--alpha` on false refusals as `abstain.json` beside the checkpoint. `tilelli chat` and
+`--alpha` on the false refusals of each kind (requests, small talk) as `abstain.json` beside
+the checkpoint. `tilelli chat` and
 `tilelli serve` then use it.
 """
 
@@ -39,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--checkpoint", required=True, help="chat checkpoint directory; abstain.json is written into it")
     add("--data", type=Path, required=True, metavar="DIR", help="a `tilelli prepare-chat` output (its eval/)")
     add("--alpha", type=alpha_value, default=0.03,
-        help="bound on the false-refusal rate of answerable prompts (story requests, small talk); "
-             "split evenly between the two thresholds (default 0.03)")
+        help="bound on the false-refusal rate of each kind of answerable prompt (story requests, small "
+             "talk); split evenly between the two thresholds (default 0.03)")
     add("--detector-prompts", type=int_range(0, 100_000), default=3000, metavar="N",
         help="training turns the refusal detector is fitted on (default 3000); 0: no detector, the rule "
              "thresholds the model's probability of the refusal itself")
@@ -87,14 +88,16 @@ def run(args: argparse.Namespace) -> int:
                               "prompts": len(rows), "kinds": {k: sum(r.get("kind", "request") == k for r in rows)
                                                               for k in kinds}},
               "git": git_state(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    rule = AbstainRule.calibrate(signals, args.alpha, record, detector)
-    refused = sum(rule.decide(s).abstain for s in signals)
+    rule = AbstainRule.calibrate(signals, args.alpha, record, detector, [r.get("kind", "request") for r in rows])
+    refused = {k: sum(rule.decide(s).abstain for s, r in zip(signals, rows, strict=True)
+                      if r.get("kind", "request") == k) for k in kinds}
     record["calibration"]["refused_at_thresholds"] = refused
     written = rule.save(out_dir)
     score = "P(refusal)" if detector is None else "the detector's log-odds"
+    counts = ", ".join(f"{refused[k]} of {record['calibration']['kinds'][k]} {k}" for k in kinds)
     print(f"abstain when {score} > {rule.refusal_threshold:.4f} or surprise > {rule.surprise_threshold:.3f} "
-          f"bits/byte (alpha {args.alpha}, {args.alpha / 2:g} each: {refused} of {len(rows)} calibration "
-          f"prompts refused) -> {written}")
+          f"bits/byte (alpha {args.alpha} for each kind, {args.alpha / 2:g} per threshold; calibration prompts "
+          f"refused: {counts}) -> {written}")
     return 0
 
 

@@ -184,7 +184,8 @@ static int chat_begin(tl_chat *c, const uint8_t *text, int64_t len, const tl_sam
     memmove(c->turns, c->turns + first, (size_t)(c->n_turns - first) * sizeof(tl_turn));
     c->n_turns -= first;
     /* the turn in its conversation, then alone as a new conversation's first turn (`Signals.alone`);
-     * the rule abstains when either reading calls for it (`AbstainRule.decide`) */
+     * the rule abstains when either reading's score calls for it, or the text alone surprises it
+     * (`AbstainRule.decide`) */
     tl_reading r[2];
     const int n_readings = n > len + 2 ? 2 : 1;
     int failed = measure(c->ctx, &c->rule, prompt, n, n - len - 1, &r[0]);
@@ -192,8 +193,7 @@ static int chat_begin(tl_chat *c, const uint8_t *text, int64_t len, const tl_sam
     const uint8_t *refusal = NULL;
     for (int i = 0; i < n_readings && !refusal; ++i)
         if (r[i].score > c->rule.refusal_threshold) refusal = (const uint8_t *)REFUSALS[r[i].likelier];
-    for (int i = 0; i < n_readings && !refusal; ++i)
-        if (r[i].surprise > c->rule.surprise_threshold) refusal = (const uint8_t *)REFUSALS[1];
+    if (!refusal && r[n_readings - 1].surprise > c->rule.surprise_threshold) refusal = (const uint8_t *)REFUSALS[1];
     if (!failed && c->rule.has_rule && refusal) {
         c->refusal = refusal;
         c->refusal_at = 0;

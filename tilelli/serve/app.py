@@ -306,7 +306,7 @@ def create_app(load: Callable[[], Decoder], model: str, defaults: SamplingConfig
                                "dropped_turns": req.dropped_turns}
         if req.abstain_probability:
             out["abstain_probability"] = protocol.finite(decision.signals.top_refusal)
-            out["surprise"] = protocol.finite(decision.signals.top_surprise)
+            out["surprise"] = protocol.finite(decision.signals.text_surprise)
         return out
 
     async def _whole(request: Request, req: GenerationRequest, channel: _Channel) -> Response:
