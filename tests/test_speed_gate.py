@@ -34,8 +34,10 @@ def peer_record() -> dict:
 
 def test_published_pages_render_their_records():
     assert (DOCS / "decode_speed.md").read_text() == decode_markdown(DECODE)
-    if (peers.RESULTS / "peers.json").is_file():  # written where llama-cpp-python is installed
-        assert (DOCS / "peers.md").read_text() == peers.markdown(json.loads((peers.RESULTS / "peers.json").read_text()))
+    for sub in ("", "avx2"):  # written where llama-cpp-python is installed; avx2: the AVX2-only builds
+        if (peers.RESULTS / sub / "peers.json").is_file():
+            record = json.loads((peers.RESULTS / sub / "peers.json").read_text())
+            assert (DOCS / sub / "peers.md").read_text() == peers.markdown(record)
 
 
 def test_records_name_their_cpu():
@@ -43,6 +45,7 @@ def test_records_name_their_cpu():
     assert m["cpu"] and m["cpu_family_model"] and set(m["isa"]) == {"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}
     assert same_cpu(m, machine()) and not same_cpu(m, {**m, "isa": {**m["isa"], "avx2": not m["isa"]["avx2"]}})
     assert not same_cpu(m, DECODE["machine"] | {"cpu": "another"})
+    assert not same_cpu(m, {**m, "native_flags": "-mno-avx512f"})  # an AVX2-only build's figures are another's
 
 
 def test_a_target_fails_only_where_the_readme_claims_it():

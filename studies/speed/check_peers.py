@@ -8,9 +8,11 @@ llama.cpp on a same-size model, re-run into a temporary folder.
 - **Exact published figures**, only on the record's CPU: every ratio within 30 %.
 
 Without the `peers` extra (llama-cpp-python) nothing can be re-measured: the published record's
-targets are reported and the page checked against it.
+targets are reported and the page checked against it. `--record avx2` re-checks the AVX2-only
+record (results/avx2/): re-run with its TILELLI_CFLAGS, and re-measured only where the installed
+llama.cpp was built as it was (its system info: GGML_AVX512=OFF).
 
-    python -m studies.speed.check_peers [--repeats 3]
+    python -m studies.speed.check_peers [--repeats 3] [--record avx2]
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
 
 from studies.checker import Checker
-from studies.common import rerun
+from studies.common import DOCS, rerun
 from studies.speed.peers import RESULTS, TERNARY, markdown
+from tilelli.kernels.build import USER_FLAGS
 
 # what the README claims of each ratio family: nothing yet (its Status lists them as open)
 CLAIMED = {"best llama.cpp quant": False, "llama.cpp BF16": False}
@@ -47,18 +51,29 @@ def check(published: dict, now: dict, checker: Checker) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3, help="shuffled rounds of the re-run (default 3)")
+    ap.add_argument("--record", default="", help="a record in a folder of results/ (avx2: the AVX2-only builds)")
     args = ap.parse_args()
-    if not (RESULTS / "peers.json").is_file():
-        print("no published peer record yet: python -m studies.speed.peers writes it (the README claims nothing of it)")
+    results = RESULTS / args.record
+    if not (results / "peers.json").is_file():
+        print(f"no peer record in {results}: python -m studies.speed.peers writes it")
         return 0
-    published = json.loads((RESULTS / "peers.json").read_text())
+    published = json.loads((results / "peers.json").read_text())
     checker = Checker()
-    checker.page("peers", markdown(published))
+    checker.page("peers", markdown(published), DOCS / args.record)
+    why_not = None
     if importlib.util.find_spec("llama_cpp") is None:
-        print("llama-cpp-python not installed (pip install -e '.[peers]'): not re-measured; "
-              "the published record's targets:")
+        why_not = "llama-cpp-python not installed (pip install -e '.[peers]')"
+    else:
+        import llama_cpp
+
+        built = llama_cpp.llama_print_system_info().decode().strip()
+        if built != published["llama_cpp"]["system_info"]:
+            why_not = f"the installed llama.cpp is built otherwise ({built}) than the record's"
+    if why_not:
+        print(f"{why_not}: not re-measured; the published record's targets:")
         check(published, published, checker)
         return checker.finish("peer")
+    os.environ[USER_FLAGS] = published["machine"].get("native_flags", "")  # the record's build of the engine
     with tempfile.TemporaryDirectory() as tmp:
         rerun("studies.speed.peers", "--out", tmp, "--docs", tmp, "--repeats", str(args.repeats),
               "--tokens", str(published["decode_bytes"]))

@@ -186,8 +186,9 @@ def cpu_identity() -> dict[str, Any]:
 
 
 def same_cpu(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two records' `machine` entries name the same CPU (see cpu_identity)."""
-    return all(a.get(k) == b.get(k) for k in ("cpu", "cpu_family_model", "isa"))
+    """Whether two records' `machine` entries name the same CPU (see cpu_identity) and the same
+    native build flags (an AVX2-only build on an AVX-512 CPU is another machine's figures)."""
+    return all(a.get(k) == b.get(k) for k in ("cpu", "cpu_family_model", "isa", "native_flags"))
 
 
 def load_1min() -> float | None:
