@@ -92,10 +92,14 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(data_dir, tmp_pa
     common = ["--steps", "6", "--eval-every", "3", "--threads", "1", "--seq-len", "32"]
     two = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                             "-m", "tilelli", *train_args(data_dir, tmp_path / "two", *common, "--batch-size", "2")],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    one = subprocess.run(cli(*train_args(data_dir, tmp_path / "one", *common, "--batch-size", "4")),
-                         capture_output=True, text=True, timeout=120)
-    out, _ = two.communicate(timeout=120)
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        one = subprocess.run(cli(*train_args(data_dir, tmp_path / "one", *common, "--batch-size", "4")),
+                             capture_output=True, text=True, timeout=120)
+        out, _ = two.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # no rank left behind: the launcher and both workers go
+        os.killpg(two.pid, signal.SIGKILL)
+        pytest.fail(f"the two-rank run did not finish in time:\n{two.communicate()[0][-3000:]}")
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, out
     a, b = logged(tmp_path / "one"), logged(tmp_path / "two")
