@@ -126,7 +126,7 @@ def test_a_missing_compiler_is_one_line_saying_what_to_install(tmp_path, monkeyp
     assert main(["export", "--checkpoint", str(tiny_checkpoint(tmp_path, "ternary")), "--web",
                  "--out", str(tmp_path / "site")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and 'pip install "tilelli[web]"' in err and not (tmp_path / "site").exists()
+    assert err.count("\n") == 1 and 'pip install -e ".[web]"' in err and not (tmp_path / "site").exists()
 
 
 def test_a_failing_compiler_is_one_line_too(tmp_path, monkeypatch, capsys):

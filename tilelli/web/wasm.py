@@ -2,7 +2,7 @@
 a main), built on first use into the kernel cache, never at import, like every native part
 (`tilelli.kernels.build.built`).
 
-The compiler is the clang inside PyPI's `ziglang` (`pip install "tilelli[web]"`): one pip
+The compiler is the clang inside PyPI's `ziglang` (`pip install -e ".[web]"`): one pip
 package that brings a current clang and WASI libc for wasm32, where Debian's clang 14 lacks
 the one instruction the integer path wants (below) and builds code ~12 % slower.
 
@@ -31,7 +31,8 @@ from tilelli.infer.runner import ENGINE_PARTS, HERE
 from tilelli.kernels.build import MAX_TOP_K, built
 
 COMPILER = [sys.executable, "-m", "ziglang", "cc"]
-MISSING = '--web needs the WebAssembly compiler: pip install "tilelli[web]" (ziglang, a clang with WASI libc)'
+MISSING = ('--web needs the WebAssembly compiler (ziglang: a clang with WASI libc, from PyPI): '
+           'pip install -e ".[web]" in the repository')
 FLAGS = ["--target=wasm32-wasi", "-O3", "-msimd128", "-mexec-model=reactor", "-fopenmp-simd", "-std=c11",
          f"-DMAX_TOP_K={MAX_TOP_K}", f"-I{HERE}", "-Wl,--strip-all"]
 MODULES = {"engine.wasm": ["-ffp-contract=fast"],  # (SIMD128 has no fused multiply-add to contract into)
