@@ -20,7 +20,7 @@ from tilelli.web.site import static_server
 
 needs_browser = pytest.mark.skipif(not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
                                    reason="needs Debian's chromium and chromium-driver")
-pytestmark = pytest.mark.skipif(not wasm.available(), reason='needs the WebAssembly compiler: pip install ".[web]"')
+pytestmark = pytest.mark.skipif(not wasm.available(), reason='needs the WebAssembly compiler: pip install -e ".[web]"')
 
 
 def in_page(driver, script: str, *args):

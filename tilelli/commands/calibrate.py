@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import json
 import sys
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -82,19 +83,20 @@ def run(args: argparse.Namespace) -> int:
     decoder = load_decoder(path, args.engine, args.threads, args.int8)
     detector = fit_detector(decoder, train, args.detector_prompts) if args.detector_prompts else None
     signals = row_signals(decoder, rows)
-    kinds = sorted({r.get("kind", "request") for r in rows})
+    row_kinds = [r.get("kind", "request") for r in rows]
+    prompts = Counter(row_kinds)
+    kinds = sorted(prompts)
     record = {"command": " ".join(["tilelli", *sys.argv[1:]]), "checkpoint": path.name,
               "calibration": {"file": source.name, "sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
-                              "prompts": len(rows), "kinds": {k: sum(r.get("kind", "request") == k for r in rows)
-                                                              for k in kinds}},
+                              "prompts": len(rows), "kinds": {k: prompts[k] for k in kinds}},
               "git": git_state(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    rule = AbstainRule.calibrate(signals, args.alpha, record, detector, [r.get("kind", "request") for r in rows])
-    refused = {k: sum(rule.decide(s).abstain for s, r in zip(signals, rows, strict=True)
-                      if r.get("kind", "request") == k) for k in kinds}
+    rule = AbstainRule.calibrate(signals, args.alpha, record, detector, row_kinds)
+    abstained = Counter(k for s, k in zip(signals, row_kinds, strict=True) if rule.decide(s).abstain)
+    refused = {k: abstained[k] for k in kinds}
     record["calibration"]["refused_at_thresholds"] = refused
     written = rule.save(out_dir)
     score = "P(refusal)" if detector is None else "the detector's log-odds"
-    counts = ", ".join(f"{refused[k]} of {record['calibration']['kinds'][k]} {k}" for k in kinds)
+    counts = ", ".join(f"{refused[k]} of {prompts[k]} {k}" for k in kinds)
     print(f"abstain when {score} > {rule.refusal_threshold:.4f} or surprise > {rule.surprise_threshold:.3f} "
           f"bits/byte (alpha {args.alpha} for each kind, {args.alpha / 2:g} per threshold; calibration prompts "
           f"refused: {counts}) -> {written}")

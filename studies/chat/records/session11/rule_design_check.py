@@ -11,8 +11,9 @@ would, the held-out refusal rates that follow, by kind and context:
 - alpha split evenly between the two thresholds, or 2/3 to the refusal score;
 - (`--per-kind-alpha`) each kind's alpha its issue-23 target: requests 3 %, small talk 5 %.
 
-    python studies/chat/records/session11/rule_design_check.py measure NAME --data ~/tl/data/chat5 --out S.json
-    python studies/chat/records/session11/rule_design_check.py simulate S.json [--per-kind-alpha]
+    cd studies/chat/records/session11   # with the repository root on PYTHONPATH
+    python rule_design_check.py measure NAME --data ~/tl/data/chat5 --out S.json
+    python rule_design_check.py simulate S.json [--per-kind-alpha]
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
+
+from tilelli.chat.abstain import conformal_threshold
 
 KINDS = ["fact", "request", "small_talk", "follow_up", "gibberish", "language", "code", "arithmetic"]
 CONTEXTS = ["single", "after_story", "after_refusal", "after_small_talk"]
@@ -53,12 +56,6 @@ def measure(name: str, data: Path, out: Path) -> None:
     out.write_text(json.dumps({"checkpoint": name, "rows": out_rows}))
 
 
-def quantile(scores: list[float], alpha: float) -> float:
-    """The split-conformal threshold (tilelli.chat.abstain.conformal_threshold)."""
-    s = sorted(x for x in scores if not math.isnan(x))
-    return s[math.ceil((len(s) + 1) * (1 - alpha)) - 1]
-
-
 def score(r: dict) -> float:
     return max(r["conv_score"], r.get("alone_score", -math.inf))
 
@@ -81,7 +78,7 @@ def simulate(path: Path, per_kind_alpha: bool) -> None:
                           {"request": ALPHA, "small_talk": ALPHA} if per_kind else {None: ALPHA})
 
                 def threshold(f, a_share, alphas=alphas):
-                    return max(quantile([f(r) for r in cal if k is None or r["kind"] == k], a * a_share)
+                    return max(conformal_threshold([f(r) for r in cal if k is None or r["kind"] == k], a * a_share)
                                for k, a in alphas.items())
 
                 t_r, t_s = threshold(score, share), threshold(surprise, 1 - share)
