@@ -336,3 +336,15 @@ def test_failed_build_is_one_note_per_kernel(monkeypatch, tmp_path, capsys):
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("tilelli: note: broken test kernel unavailable (")
     assert lines[0].endswith("; using the PyTorch path (same results, slower)")
+
+
+def test_a_reader_that_leaves_early_ends_generate_quietly():
+    """`tilelli generate | head`: once the pipe is closed, no traceback, the exit a shell reports
+    for a writer its pipe ended (128 + SIGPIPE)."""
+    proc = subprocess.Popen([sys.executable, "-m", "tilelli", "generate", "--prompt", "Once upon a time",
+                             "--max-new-tokens", "2000", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.read(20)
+    proc.stdout.close()  # the reader leaves
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 128 + signal.SIGPIPE and "Traceback" not in err, err

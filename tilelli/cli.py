@@ -4,7 +4,8 @@ Each sub-command lives in its own module that exposes `add_arguments(parser)` an
 `run(args) -> int`. Modules are imported only when their command runs, so `tilelli --help`
 does not pay for importing torch; commands check their arguments and paths before they
 import it. A `TilelliError` becomes one line on stderr and exit code 2, and so does an `OSError`
-that names a path (full disk, read-only or missing location, permissions); Ctrl-C exits 130.
+that names a path (full disk, read-only or missing location, permissions); Ctrl-C exits 130;
+a reader that closes the pipe (`| head`) ends the command quietly with 141.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 # name -> (module, one-line help)
@@ -74,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     except TilelliError as e:
         print(f"tilelli {name}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader left (`tilelli generate | head`): stop quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise again
+        return 128 + signal.SIGPIPE  # what a shell reports for a writer its pipe ended
     except OSError as e:  # the safety net: a full disk or an unwritable path the command did not foresee
         line = os_error_line(e)
         if line is None:
