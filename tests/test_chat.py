@@ -88,7 +88,8 @@ def shared(tmp_path_factory) -> Path:
     (chat / "alpaca_seed_tasks.jsonl").write_text(
         json.dumps({"instruction": "Say hello.", "instances": [{"input": "", "output": "Hello!"}]}) + "\n")
     (chat / "llamafactory_identity.json").write_text(json.dumps(
-        [{"instruction": "Who are you?", "input": "", "output": "I am {{name}}, made by {{author}}."}]))
+        [{"instruction": q, "input": "", "output": "I am {{name}}, made by {{author}}."}
+         for q in ("Who are you?", "你是谁？", "Do you have a name?")]))  # English, Chinese, an eval phrasing
     cb = chat / "chatterbot_corpus_english"
     (cb / "greetings.yml").write_text("categories:\n- greetings\nconversations:\n- - Hello\n  - Hi\n  - How are you?\n"
                                       "  - Fine, thanks.\n")
@@ -109,7 +110,8 @@ def chat_set(shared, tmp_path_factory) -> Path:
 
 SIZES = dataset.Sizes(facts=20, requests=12, small_talk=10, other_each=4, conversation_each=6,
                       calibration_requests=10, calibration_small_talk=8, dev_each=2, history_facts=10,
-                      train_facts=12, detector_facts=6, detector_requests=6, detector_small_talk=4)
+                      train_facts=12, detector_facts=6, detector_requests=6, detector_small_talk=4,
+                      detector_third_requests=6, detector_third_small_talk=3, detector_identity_copies=2)
 
 
 def rows(path: Path) -> list[dict]:
@@ -225,7 +227,8 @@ def test_build_is_deterministic(shared, chat_set, tmp_path):
 
 def test_detector_turns_are_fresh_and_leave_the_rest_of_the_set_alone(shared, chat_set, tmp_path):
     """Questions the fine-tuning never saw and no evaluation asks, requests and small talk to
-    answer; drawn from their own random stream, so more or fewer of them change nothing else."""
+    answer, alone and as third turns, and the identity set's English questions; drawn from their
+    own random stream, so more or fewer of them change nothing else."""
     fresh = rows(chat_set / dataset.DETECTOR_FILE)
     assert {(r["kind"], r["refuse"]) for r in fresh} == {("fact", True), ("request", False), ("small_talk", False)}
     assert sum(r["kind"] == "fact" for r in fresh) == SIZES.detector_facts
@@ -233,9 +236,16 @@ def test_detector_turns_are_fresh_and_leave_the_rest_of_the_set_alone(shared, ch
     asked = {dataset.normalise(r["prompt"]) for name in ("facts", "conversation")
              for r in rows(chat_set / "eval" / f"{name}.jsonl") if r["kind"] == "fact"}
     for r in fresh:
-        assert r["history"] == [] and "\ufffd" not in r["prompt"]
+        assert "\ufffd" not in r["prompt"]
         if r["refuse"]:
-            assert r["prompt"] not in trained and dataset.normalise(r["prompt"]) not in asked
+            assert r["history"] == [] and r["prompt"] not in trained and dataset.normalise(r["prompt"]) not in asked
+    third = [r for r in fresh if r["history"]]
+    assert {r["context"] for r in third} == set(dataset.CONTEXTS) and not any(r["refuse"] for r in third)
+    assert len(third) == SIZES.detector_third_requests + SIZES.detector_third_small_talk
+    who = dataset.identity_questions(shared / "chat")
+    assert who == ["Who are you?"]  # not the Chinese question, not the phrasing the evaluation asks
+    assert sum(r["history"] == [] and r["kind"] == "small_talk" for r in fresh) == (
+        SIZES.detector_small_talk + SIZES.detector_identity_copies * len(who))
     dataset.build(shared, tmp_path, sizes=replace(SIZES, detector_facts=2, detector_requests=1))
     for name in ("train.bin", "valid.bin", "eval/facts.jsonl", "eval/calibration.jsonl", "eval/conversation.jsonl"):
         assert (tmp_path / name).read_bytes() == (chat_set / name).read_bytes()

@@ -39,7 +39,8 @@ Held out, never trained on (`eval/`):
 
 Fitted on, never trained on (`detector.jsonl`): world-fact questions of the training split
 that the fine-tuning never used (it uses the first `Sizes.train_facts`), in training forms, and fresh
-story requests and small talk in training phrasings, each with `refuse`. The refusal detector
+story requests and small talk in training phrasings, alone and as third turns, and the identity
+set's English questions with typos, each with `refuse`. The refusal detector
 (`tilelli calibrate`) is fitted on them besides the training turns: on the training turns alone
 it learns the margins of questions the model has memorised, and refuses too few new ones.
 
@@ -112,6 +113,9 @@ class Sizes:
     detector_facts: int = 1000  # fresh turns the refusal detector is fitted on, besides training turns
     detector_requests: int = 600
     detector_small_talk: int = 400
+    detector_third_requests: int = 600  # ... and again as the third turn of a conversation
+    detector_third_small_talk: int = 400
+    detector_identity_copies: int = 4  # each English question of the identity set, with noise
     history_facts: int = 200  # questions only used inside conversation histories
 
 
@@ -486,8 +490,8 @@ def build(shared: Path, out: Path, seed: int = 0, sizes: Sizes = Sizes()) -> dic
     dev = [_row(r["kind"], r["prompt"], [], "single")
            for r in unservable_prompts(dev_rng, sizes.dev_each, rest_stories)]
 
-    detector = _detector_rows([q for q, _ in train_q[sizes.train_facts:]], train_stories, sizes,
-                              random.Random(seed + 2))
+    detector = _detector_rows([q for q, _ in train_q[sizes.train_facts:]], train_stories, identity_questions(chat),
+                              sizes, random.Random(seed + 2))
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval").mkdir(exist_ok=True)
@@ -524,20 +528,41 @@ def build(shared: Path, out: Path, seed: int = 0, sizes: Sizes = Sizes()) -> dic
     return meta
 
 
-def _detector_rows(unused_questions: Sequence[str], stories: Sequence[str], sizes: Sizes,
-                   rng: random.Random) -> list[dict]:
-    """Fresh single turns for the refusal detector (from its own random stream, so the rest of
-    the set does not change): training-split questions the fine-tuning never used, in training
-    forms, to refuse; new story requests and small talk in training phrasings, to answer."""
-    facts = [_row("fact", phrasing.fact_question(q, "train", rng)[0], [], "single", refuse=True)
-             for q in list(unused_questions)[:sizes.detector_facts]]
-    stories = rng.sample(list(stories), min(len(stories), 2 * sizes.detector_requests))
-    requests, _ = _request_rows(stories, sizes.detector_requests, "train", rng)
+def _detector_rows(unused_questions: Sequence[str], stories: Sequence[str], identity: Sequence[str],
+                   sizes: Sizes, rng: random.Random) -> list[dict]:
+    """Fresh turns for the refusal detector (from its own random stream, so the rest of the set
+    does not change): training-split questions the fine-tuning never used, in training forms, to
+    refuse; new story requests and small talk in training phrasings, to answer, alone and as the
+    third turn of a conversation (histories of training stories, small talk and those questions
+    refused: after a refusal the model leans to refuse again, and on single turns alone the
+    detector never learns that a request stays a request); and `identity`, "who are you"
+    questions, to answer, with typos (held-out small talk such as "What do peopple call you?" set
+    the session-11 rule's threshold above ten held-out facts' scores)."""
+    questions = list(unused_questions)[:sizes.detector_facts]
+    facts = [_row("fact", phrasing.fact_question(q, "train", rng)[0], [], "single", refuse=True) for q in questions]
+    n_requests = sizes.detector_requests + sizes.detector_third_requests
+    picked = rng.sample(list(stories), min(len(stories), 2 * n_requests))
+    requests, _ = _request_rows(picked, n_requests, "train", rng)
+    small = _small_talk_rows(sizes.detector_small_talk + sizes.detector_third_small_talk, "train", rng)
+    who = [_row("small_talk", phrasing.Noise(typo=0.5 if copy else 0.0).apply(q, rng), [], "single")
+           for q in identity for copy in range(sizes.detector_identity_copies)]
+    single = requests[:sizes.detector_requests] + small[:sizes.detector_small_talk] + who
+    third = requests[sizes.detector_requests:] + small[sizes.detector_small_talk:]
+    if third and questions:
+        third = _third_turns(third, HistoryMaker("train", stories, questions, rng), rng)
     answerable = [{k: v for k, v in r.items() if k not in ("reference", "template")} | {"refuse": False}
-                  for r in requests + _small_talk_rows(sizes.detector_small_talk, "train", rng)]
+                  for r in single + third]
     rows = facts + answerable
     rng.shuffle(rows)
     return rows
+
+
+def identity_questions(chat: Path) -> list[str]:
+    """The identity set's English questions (its Chinese ones are other languages, refused), less
+    any small-talk phrasing an evaluation or the calibration uses."""
+    held_out = {normalise(p) for split in ("calibration", "eval") for _, p in phrasing.small_talk_prompts(split)}
+    return [q for q, _, src in sources.instructions(chat)
+            if src == "identity" and q.isascii() and normalise(q) not in held_out]
 
 
 def _follow_ups(maker: HistoryMaker, n: int, rng: random.Random) -> list[dict]:

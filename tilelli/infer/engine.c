@@ -87,7 +87,9 @@ typedef struct {
  * t2_bytes (a block's 64 codes as bytes, `code_order`), vi_dot (int32 lanes += codes x int8
  * inputs) and vi_sum, the integer path's; R1, the ternary weight rows one input's product takes
  * at a time (2 where a vf is a pair of 128-bit registers, as in the browser's SIMD128: with 4,
- * codes and accumulators spill, 1.6x slower). Float and bf16 rows go one at a time: 4 bf16 rows
+ * codes and accumulators spill, 1.6x slower); vi_dot4 (int32 lanes += 4 codes x the same 4 int8
+ * inputs) and GT, the inputs the integer path's prompt kernel takes at a time (2 x GT
+ * accumulators and 2 code vectors in the registers). Float and bf16 rows go one at a time: 4 bf16 rows
  * at once decoded the bf16 models at 0.44x the speed (Zen 4, one thread). AVX-512 here means F
  * and BW (every AVX-512 CPU but Xeon Phi), VNNI when present.
  * vf_zero/vf_load/vf_store/vf_fma follow, common to all. */
@@ -129,6 +131,14 @@ static inline vi vi_dot(vi acc, codes8 c, const int8_t *q) {
 #endif
 }
 static inline int32_t vi_sum(vi v) { return _mm512_reduce_add_epi32(v); }
+#define GT 6
+static inline vi vi_dot4(vi acc, vi codes4, int32_t q4) {
+#ifdef __AVX512VNNI__
+    return _mm512_dpbusd_epi32(acc, codes4, _mm512_set1_epi32(q4));
+#else
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(codes4, _mm512_set1_epi32(q4)), _mm512_set1_epi16(1)));
+#endif
+}
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define VL 8
@@ -171,6 +181,10 @@ static inline int32_t vi_sum(vi v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
     return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1)));
+}
+#define GT 5
+static inline vi vi_dot4(vi acc, vi codes4, int32_t q4) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(codes4, _mm256_set1_epi32(q4)), _mm256_set1_epi16(1)));
 }
 #else /* portable: GCC/Clang vector extensions (SSE pairs on x86, NEON on Arm, SIMD128 in the browser), the AVX2 layout */
 #define VL 8
@@ -250,6 +264,21 @@ static inline int32_t vi_sum(vi v) {
     int32_t s = 0;
     for (int i = 0; i < 8; ++i) s += v[i];
     return s;
+}
+#define GT 3
+static inline vi vi_dot4(vi acc, vi codes4, int32_t q4) {
+#if defined(__wasm_relaxed_simd__)
+    const v128_t q = wasm_i32x4_splat(q4);
+    const ints4 lo = (ints4)wasm_i32x4_relaxed_dot_i8x16_i7x16_add(q, (v128_t)__builtin_shufflevector(codes4, codes4, 0, 1, 2, 3),
+                                                                    wasm_i32x4_splat(0));
+    const ints4 hi = (ints4)wasm_i32x4_relaxed_dot_i8x16_i7x16_add(q, (v128_t)__builtin_shufflevector(codes4, codes4, 4, 5, 6, 7),
+                                                                    wasm_i32x4_splat(0));
+    return acc + __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);
+#else
+    const int32_t q0 = (int8_t)q4, q1 = (int8_t)(q4 >> 8), q2 = (int8_t)(q4 >> 16), q3 = (int8_t)(q4 >> 24);
+    const vi c = codes4 & 255, c1 = (codes4 >> 8) & 255, c2 = (codes4 >> 16) & 255, c3 = (codes4 >> 24) & 255;
+    return acc + c * q0 + c1 * q1 + c2 * q2 + c3 * q3;
+#endif
 }
 #endif
 /* vf is a GCC/Clang vector type in every case (__m512 and __m256 are too), so these are common */
@@ -369,8 +398,8 @@ static void gelu(float *y, int64_t n) {
 #define SMALL_BATCH 16  /* up to this many inputs, weights are decoded in registers per tile */
 
 /* out[t][r] = W[rows[r]] . xs[t] for r < R, t < T: R weight rows decoded block by block in
- * registers, each weight vector used by all T inputs, R * T accumulators. The one kernel of
- * every product: R x T is R1 x 1 for one input, 2 x NT for a few, 4 x 2 for a prompt's many
+ * registers, each weight vector used by all T inputs, R * T accumulators. The one kernel of every
+ * float product: R x T is R1 x 1 for one input, 2 x NT for a few, 4 x 2 for a prompt's many
  * (on a decoded float panel). Called with constant kind, R and T, so each use is specialised. */
 static inline __attribute__((always_inline)) void tile(const tl_weight *w, int kind, const int64_t rows[MAX_R],
                                                        int R, const float *const xs[MAX_T], int T,
@@ -509,17 +538,80 @@ static inline __attribute__((always_inline)) void tiles_of_kind(const tl_weight 
     else tiles(w, W_F32, r0, nr, x, ldx, in, n, y, ldy, F, T);
 }
 
+/* The integer path for a prompt: the codes of an item's rows (at most ITEM, padded to a multiple
+ * of 2 VL by repeating the first) packed once into `panel`: for each group g of 4 consecutive
+ * inputs (in code order), one uint32 of 4 codes per row, rows across the vector lanes. */
+static void pack_int8_panel(const tl_weight *w, int64_t p0, int64_t np, int64_t rows, uint32_t *panel) {
+    const int64_t nb = nblocks(w->cols);
+    for (int64_t r = 0; r < rows; ++r) {
+        const uint16_t *row = row_data(w, p0 + (r < np ? r : 0));
+        for (int64_t b = 0; b < nb; ++b) {
+            const codes8 c = t2_bytes(row + b * 8);  /* 64 codes, in code order */
+            uint32_t groups[BLOCK / 4];
+            memcpy(groups, &c, sizeof groups);
+            for (int g = 0; g < BLOCK / 4; ++g) panel[(b * (BLOCK / 4) + g) * rows + r] = groups[g];
+        }
+    }
+}
+
+/* y[t][p0 + r] for the item's np rows and n inputs, from its packed panel: 2 VL rows x GT inputs
+ * at a time, one vi_dot4 per group of 4 inputs, each product exact in int32 (as tile_int8's, so
+ * both give the same numbers), no horizontal sums. */
+static void matmul_int8_panel(const tl_weight *w, int64_t p0, int64_t np, const tl_int8_in *in, int64_t n,
+                              float *y, int64_t ldy, uint32_t *panel) {
+    typedef int32_t lanes __attribute__((vector_size(sizeof(vf))));  /* a vi's int32 lanes */
+    const int64_t rows = (np + 2 * VL - 1) / (2 * VL) * (2 * VL), groups = nblocks(w->cols) * (BLOCK / 4);
+    pack_int8_panel(w, p0, np, rows, panel);
+    for (int64_t r0 = 0; r0 < rows; r0 += 2 * VL) {
+        float rs[2 * VL];
+        for (int r = 0; r < 2 * VL; ++r) rs[r] = row_scale(w, p0 + (r0 + r < np ? r0 + r : 0));
+        for (int64_t t0 = 0; t0 < n; t0 += GT) {
+            const int8_t *q[GT];
+            vi acc[GT][2];
+#pragma GCC unroll 16
+            for (int t = 0; t < GT; ++t) {
+                q[t] = in->q + (t0 + t < n ? t0 + t : t0) * in->stride;  /* a short tile repeats an input */
+                acc[t][0] = acc[t][1] = (vi){0};
+            }
+            for (int64_t g = 0; g < groups; ++g) {
+                vi c0, c1;
+                memcpy(&c0, panel + g * rows + r0, sizeof c0);
+                memcpy(&c1, panel + g * rows + r0 + VL, sizeof c1);
+#pragma GCC unroll 16
+                for (int t = 0; t < GT; ++t) {
+                    int32_t q4;
+                    memcpy(&q4, q[t] + 4 * g, sizeof q4);
+                    acc[t][0] = vi_dot4(acc[t][0], c0, q4);
+                    acc[t][1] = vi_dot4(acc[t][1], c1, q4);
+                }
+            }
+            for (int t = 0; t < GT && t0 + t < n; ++t) {
+                float out[2 * VL];
+                for (int h = 0; h < 2; ++h) {
+                    lanes dots;
+                    memcpy(&dots, &acc[t][h], sizeof dots);
+                    vf_store(out + h * VL, __builtin_convertvector(dots - in->sum[t0 + t], vf) *
+                                               (in->scale[t0 + t] * vf_load(rs + h * VL)));
+                }
+                memcpy(y + (t0 + t) * ldy + r0, out, (size_t)(np - r0 < 2 * VL ? np - r0 : 2 * VL) * sizeof(float));
+            }
+        }
+    }
+}
+
 /* Work item i of a product: rows i * ITEM .. of w times the n inputs (`in`: their int8 form,
- * for the integer path). Many float inputs (a prompt) first decode the item's rows into this
- * thread's `scratch` (a panel that stays in L2) and stream every input past it; fewer decode the
- * weights in registers for each tile, as the integer path always does. */
+ * for the integer path). Many inputs (a prompt) first decode the item's rows into this thread's
+ * `scratch` (a panel that stays in L2: floats, or the integer path's packed codes) and stream
+ * every input past it; fewer decode the weights in registers for each tile. */
 static void matmul_item(const tl_weight *w, int64_t i, const float *x, int64_t ldx, const tl_int8_in *in, int64_t n,
                         float *y, int64_t ldy, float *scratch, int apply_gelu) {
     const int64_t p0 = i * ITEM, np = w->rows - p0 < ITEM ? w->rows - p0 : ITEM;
     if (n == 1) {
         tiles_of_kind(w, p0, np, x, ldx, in, n, y + p0, ldy, R1, 1, 1);  /* float rows: one at a time */
-    } else if (n <= SMALL_BATCH || in) {
+    } else if (n <= SMALL_BATCH) {
         tiles_of_kind(w, p0, np, x, ldx, in, n, y + p0, ldy, 2, 2, NT);
+    } else if (in) {
+        matmul_int8_panel(w, p0, np, in, n, y + p0, ldy, (uint32_t *)scratch);
     } else if (w->kind == W_F32) {
         tiles(w, W_F32, p0, np, x, ldx, NULL, n, y + p0, ldy, 4, 2);
     } else {
