@@ -89,7 +89,8 @@ typedef struct {
  * at a time (2 where a vf is a pair of 128-bit registers, as in the browser's SIMD128: with 4,
  * codes and accumulators spill, 1.6x slower); vi_dot4 (int32 lanes += 4 codes x the same 4 int8
  * inputs) and GT, the inputs the integer path's prompt kernel takes at a time (2 x GT
- * accumulators and 2 code vectors in the registers). Float and bf16 rows go one at a time: 4 bf16 rows
+ * accumulators and 2 code vectors in the registers; more spill: 5,100 -> 3,500 bytes/s of
+ * prefill with 8 on Zen 4); GF, the same for a ternary prompt on the float path. Float and bf16 rows go one at a time: 4 bf16 rows
  * at once decoded the bf16 models at 0.44x the speed (Zen 4, one thread). AVX-512 here means F
  * and BW (every AVX-512 CPU but Xeon Phi), VNNI when present.
  * vf_zero/vf_load/vf_store/vf_fma follow, common to all. */
@@ -132,6 +133,7 @@ static inline vi vi_dot(vi acc, codes8 c, const int8_t *q) {
 }
 static inline int32_t vi_sum(vi v) { return _mm512_reduce_add_epi32(v); }
 #define GT 6
+#define GF 6
 static inline vi vi_dot4(vi acc, vi codes4, int32_t q4) {
 #ifdef __AVX512VNNI__
     return _mm512_dpbusd_epi32(acc, codes4, _mm512_set1_epi32(q4));
@@ -183,6 +185,7 @@ static inline int32_t vi_sum(vi v) {
     return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1)));
 }
 #define GT 5
+#define GF 4
 static inline vi vi_dot4(vi acc, vi codes4, int32_t q4) {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(codes4, _mm256_set1_epi32(q4)), _mm256_set1_epi16(1)));
 }
@@ -266,6 +269,7 @@ static inline int32_t vi_sum(vi v) {
     return s;
 }
 #define GT 3
+#define GF 3
 static inline vi vi_dot4(vi acc, vi codes4, int32_t q4) {
 #if defined(__wasm_relaxed_simd__)
     const v128_t q = wasm_i32x4_splat(q4);
@@ -599,6 +603,56 @@ static void matmul_int8_panel(const tl_weight *w, int64_t p0, int64_t np, const 
     }
 }
 
+/* A prompt's product with a ternary layer on the float path: the item's np rows decoded (scale
+ * included: so not bit for bit its decoding's sums in any order) and transposed once into `panel`
+ * (cols, rows: rows padded to a multiple of 2 VL by repeating the last), then
+ * 2 VL rows x GT inputs at a time: each weight vector times each input's broadcast value, rows
+ * across the lanes, no horizontal sums. `row`: w->cols floats of scratch. */
+static void matmul_float_panel(const tl_weight *w, int64_t p0, int64_t np, const float *x, int64_t ldx, int64_t n,
+                               float *y, int64_t ldy, float *panel, float *row) {
+    const int64_t rows = (np + 2 * VL - 1) / (2 * VL) * (2 * VL), cols = w->cols;
+    for (int64_t r = 0; r < rows; ++r) {
+        if (r < np) decode_row(w, p0 + r, row);
+        for (int64_t c = 0; c < cols; ++c) panel[c * rows + r] = row[c];
+    }
+    for (int64_t r0 = 0; r0 < rows; r0 += 2 * VL)
+        for (int64_t t0 = 0; t0 < n; t0 += GF) {
+            const float *xt[GF];
+            vf sum[GF][2];
+            for (int t = 0; t < GF; ++t) {
+                xt[t] = x + (t0 + t < n ? t0 + t : t0) * ldx;  /* a short tile repeats an input */
+                sum[t][0] = sum[t][1] = vf_zero();
+            }
+            for (int64_t c0 = 0; c0 < cols; c0 += BLOCK) {  /* summed block by block: over a 1,024-wide row,
+                                                          * one running sum strayed 1.4e-4 from PyTorch */
+                const int64_t c1 = cols - c0 < BLOCK ? cols : c0 + BLOCK;
+                vf acc[GF][2];
+#pragma GCC unroll 16
+                for (int t = 0; t < GF; ++t) acc[t][0] = acc[t][1] = vf_zero();
+                for (int64_t c = c0; c < c1; ++c) {
+                    const vf w0 = vf_load(panel + c * rows + r0), w1 = vf_load(panel + c * rows + r0 + VL);
+#pragma GCC unroll 16
+                    for (int t = 0; t < GF; ++t) {
+                        const vf xv = vf_zero() + xt[t][c];
+                        acc[t][0] = vf_fma(w0, xv, acc[t][0]);
+                        acc[t][1] = vf_fma(w1, xv, acc[t][1]);
+                    }
+                }
+#pragma GCC unroll 16
+                for (int t = 0; t < GF; ++t) {
+                    sum[t][0] += acc[t][0];
+                    sum[t][1] += acc[t][1];
+                }
+            }
+            for (int t = 0; t < GF && t0 + t < n; ++t) {
+                float out[2 * VL];
+                vf_store(out, sum[t][0]);
+                vf_store(out + VL, sum[t][1]);
+                memcpy(y + (t0 + t) * ldy + r0, out, (size_t)(np - r0 < 2 * VL ? np - r0 : 2 * VL) * sizeof(float));
+            }
+        }
+}
+
 /* Work item i of a product: rows i * ITEM .. of w times the n inputs (`in`: their int8 form,
  * for the integer path). Many inputs (a prompt) first decode the item's rows into this thread's
  * `scratch` (a panel that stays in L2: floats, or the integer path's packed codes) and stream
@@ -612,9 +666,9 @@ static void matmul_item(const tl_weight *w, int64_t i, const float *x, int64_t l
         tiles_of_kind(w, p0, np, x, ldx, in, n, y + p0, ldy, 2, 2, NT);
     } else if (in) {
         matmul_int8_panel(w, p0, np, in, n, y + p0, ldy, (uint32_t *)scratch);
-    } else if (w->kind == W_F32) {
-        tiles(w, W_F32, p0, np, x, ldx, NULL, n, y + p0, ldy, 4, 2);
-    } else {
+    } else if (w->kind == W_T2) {
+        matmul_float_panel(w, p0, np, x, ldx, n, y + p0, ldy, scratch, scratch + ITEM * w->cols);
+    } else {  /* float and bf16 rows: `tile`, so a prompt's sums are bit for bit those of decoding */
         for (int64_t r = 0; r < np; ++r) decode_row(w, p0 + r, scratch + r * w->cols);
         const tl_weight panel = {W_F32, np, w->cols, scratch, NULL, 0};
         tiles(&panel, W_F32, 0, np, x, ldx, NULL, n, y + p0, ldy, 4, 2);
@@ -920,9 +974,11 @@ static float *carve(float **at, int64_t floats) {
 
 static int64_t max_cols(const tl_model *m) { return m->hidden > m->d ? m->hidden : m->d; }
 
-/* Each thread's scratch: a decoded panel of ITEM rows, then one query's attention scores and
- * its candidate keys (int32, one float's room each). */
-static int64_t per_thread_floats(const tl_model *m) { return aligned(ITEM * max_cols(m)) + 2 * key_stride(m->max_seq); }
+/* Each thread's scratch: a decoded panel of ITEM rows and one decoded row, then one query's
+ * attention scores and its candidate keys (int32, one float's room each). */
+static int64_t per_thread_floats(const tl_model *m) {
+    return aligned((ITEM + 1) * max_cols(m)) + 2 * key_stride(m->max_seq);
+}
 
 /* A weight's shape is what the model needs: rows x cols, a known kind, data and scales present. */
 static int weight_ok(const tl_weight *w, int64_t rows, int64_t cols) {
@@ -1016,7 +1072,7 @@ int tl_forward(const tl_model *m, int64_t n_seq, tl_seq *const *seqs, const int3
 #else
         float *mine = scratch;
 #endif
-        float *scores = mine + aligned(ITEM * max_cols(m));
+        float *scores = mine + aligned((ITEM + 1) * max_cols(m));
         int32_t *cand = (int32_t *)(scores + key_stride(m->max_seq));
         embed(m, &bt, tokens, x);
         for (int64_t l = 0; l < m->n_layers; ++l) {
