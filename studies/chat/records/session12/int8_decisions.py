@@ -1,5 +1,5 @@
-"""Session 12: the int8 study's chat decisions re-measured under the rule recalibrated with the new detector rows (and the engine's new prompt kernels) (same weights, so
-the bpb rows stand); writes the study's record and page with the new decisions."""
+"""Session 12: the int8 study's chat decisions re-measured under the rule recalibrated with the
+new detector rows (same weights, so the bpb rows stand); writes the study's record and page."""
 import json
 import sys
 from argparse import Namespace
