@@ -96,6 +96,24 @@ def test_tied_scores_keep_the_earliest_keys_like_the_pytorch_path(tmp_path, name
     np.testing.assert_allclose(fast.forward([fast.new_sequence()], [data], all_logits=True), want, atol=1e-5, rtol=0)
 
 
+def nan_keys(name: str, p: torch.Tensor) -> None:
+    if name.endswith("qkv.weight"):  # rows (q | k | v) x d_model: every key and score is nan
+        p[p.shape[1]:2 * p.shape[1]] = float("nan")
+
+
+@pytest.mark.parametrize("name,kw,how", [VARIANTS[i] for i in (0, 5)], ids=[IDS[i] for i in (0, 5)])
+def test_nan_scores_neither_crash_nor_read_past_the_keys(tmp_path, name, kw, how):
+    """A model file may hold nan weights (it is read, not trusted): top-k attention over nan scores
+    (no key reaches the selection's floor) still keeps top_k keys of the sequence, in a prompt
+    pass and step by step, and the logits are nan, not garbage from outside the cache."""
+    path = saved(tmp_path, name, kw, how, edit=nan_keys)
+    fast = NativeModel.load(path)
+    seq = fast.new_sequence()
+    out = np.concatenate([fast.forward([seq], [text(150)], all_logits=True)] +
+                         [fast.forward([seq], [b"x"]) for _ in range(3)])
+    assert out.shape == (153, 256) and np.isnan(out).all()
+
+
 GREEDY = [0, 5, 8]  # lite ternary packed, lite fp32, vanilla bf16
 
 
