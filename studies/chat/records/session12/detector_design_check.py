@@ -9,7 +9,7 @@ fitted, its rule calibrated per kind at alpha 0.03 as `tilelli calibrate` does, 
 refusal rates by kind and context that follow.
 
     cd studies/chat/records/session12   # with the repository root on PYTHONPATH
-    python detector_design_check.py measure tilelli-chat-lite-ternary --data ~/tl/data/chat5 --out ~/tl/s12
+    python detector_design_check.py measure ~/tl/s12 --data ~/tl/data/chat5
     python detector_design_check.py simulate ~/tl/s12 > detector_design_check.txt
 """
 
@@ -146,16 +146,13 @@ def simulate(signals: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="step", required=True)
-    m = sub.add_parser("measure")
-    m.add_argument("name")
-    m.add_argument("--data", type=Path, required=True)
-    m.add_argument("--out", type=Path, required=True)
-    s = sub.add_parser("simulate")
-    s.add_argument("signals", type=Path)
+    ap.add_argument("step", choices=("measure", "simulate"))
+    ap.add_argument("signals", type=Path, help="the folder of signals.pkl (measure writes it, simulate reads it)")
+    ap.add_argument("--model", default="tilelli-chat-lite-ternary", help="measure: the shipped chat checkpoint")
+    ap.add_argument("--data", type=Path, default=Path("~/tl/data/chat5"), help="measure: session 10's chat set")
     args = ap.parse_args()
     if args.step == "measure":
-        measure(args.name, args.data.expanduser(), args.out.expanduser())
+        measure(args.model, args.data.expanduser(), args.signals.expanduser())
     else:
         simulate(args.signals.expanduser())
 
