@@ -80,19 +80,20 @@ typedef struct {
 } tl_seq;
 
 /* --- the instruction-set layer: a float vector `vf` of VL lanes, and the 2-bit decode -----
- * Per instruction set: vf_sum (the lanes' sum), vf_max (lanewise), vf_min_lane (the least lane), vf_bf16 (VL bfloat16 widened to floats),
- * t2_load (one block's 8 code words widened into a register) and t2_trits(c, j) (the trits of
- * the block's weights j * VL .. j * VL + VL - 1); NT, the inputs a batched product streams past
- * 2 weight rows (its accumulators must fit in 32 vector registers with AVX-512, 16 otherwise);
- * t2_bytes (a block's 64 codes as bytes, `code_order`), vi_dot (int32 lanes += codes x int8
- * inputs) and vi_sum, the integer path's; R1, the ternary weight rows one input's product takes
- * at a time (2 where a vf is a pair of 128-bit registers, as in the browser's SIMD128: with 4,
- * codes and accumulators spill, 1.6x slower); vi_dot4 (int32 lanes += 4 codes x the same 4 int8
- * inputs) and GT, the inputs the integer path's prompt kernel takes at a time (2 x GT
- * accumulators and 2 code vectors in the registers; more spill: 5,100 -> 3,500 bytes/s of
- * prefill with 8 on Zen 4); GF, the same for a ternary prompt on the float path. Float and bf16 rows go one at a time: 4 bf16 rows
- * at once decoded the bf16 models at 0.44x the speed (Zen 4, one thread). AVX-512 here means F
- * and BW (every AVX-512 CPU but Xeon Phi), VNNI when present.
+ * Per instruction set: vf_sum (the lanes' sum), vf_max (lanewise), vf_min_lane (the least
+ * lane), vf_bf16 (VL bfloat16 widened to floats), t2_load (one block's 8 code words widened
+ * into a register) and t2_trits(c, j) (the trits of the block's weights j * VL .. j * VL +
+ * VL - 1); NT, the inputs a batched product streams past 2 weight rows (its accumulators must
+ * fit in 32 vector registers with AVX-512, 16 otherwise); t2_bytes (a block's 64 codes as
+ * bytes, `code_order`), vi_dot (int32 lanes += codes x int8 inputs) and vi_sum, the integer
+ * path's; R1, the ternary weight rows one input's product takes at a time (2 where a vf is a
+ * pair of 128-bit registers, as in the browser's SIMD128: with 4, codes and accumulators spill,
+ * 1.6x slower); vi_dot4 (int32 lanes += 4 codes x the same 4 int8 inputs) and GT, the inputs
+ * the integer path's prompt kernel takes at a time (2 x GT accumulators and 2 code vectors in
+ * the registers; more spill: 5,100 -> 3,500 bytes/s of prefill with 8 on Zen 4); GF, the same
+ * for a ternary prompt on the float path. Float and bf16 rows go one at a time: 4 bf16 rows at
+ * once decoded the bf16 models at 0.44x the speed (Zen 4, one thread). AVX-512 here means F and
+ * BW (every AVX-512 CPU but Xeon Phi), VNNI when present.
  * vf_zero/vf_load/vf_store/vf_fma follow, common to all. */
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
@@ -402,9 +403,9 @@ static void gelu(float *y, int64_t n) {
 #define SMALL_BATCH 16  /* up to this many inputs, weights are decoded in registers per tile */
 
 /* out[t][r] = W[rows[r]] . xs[t] for r < R, t < T: R weight rows decoded block by block in
- * registers, each weight vector used by all T inputs, R * T accumulators. The one kernel of every
- * float product: R x T is R1 x 1 for one input, 2 x NT for a few, 4 x 2 for a prompt's many
- * (on a decoded float panel). Called with constant kind, R and T, so each use is specialised. */
+ * registers, each weight vector used by all T inputs, R * T accumulators. The kernel of every
+ * product but a ternary prompt's: R x T is R1 x 1 for one input, 2 x NT for a few, 4 x 2 for a
+ * float or bf16 prompt's many (bf16 on a decoded float panel). Called with constant kind, R and T, so each use is specialised. */
 static inline __attribute__((always_inline)) void tile(const tl_weight *w, int kind, const int64_t rows[MAX_R],
                                                        int R, const float *const xs[MAX_T], int T,
                                                        float out[MAX_T][MAX_R]) {
@@ -542,6 +543,9 @@ static inline __attribute__((always_inline)) void tiles_of_kind(const tl_weight 
     else tiles(w, W_F32, r0, nr, x, ldx, in, n, y, ldy, F, T);
 }
 
+/* The rows of a prompt kernel's panel for an item of np rows: whole tiles of 2 VL. */
+static inline int64_t panel_rows(int64_t np) { return (np + 2 * VL - 1) / (2 * VL) * (2 * VL); }
+
 /* The integer path for a prompt: the codes of an item's rows (at most ITEM, padded to a multiple
  * of 2 VL by repeating the first) packed once into `panel`: for each group g of 4 consecutive
  * inputs (in code order), one uint32 of 4 codes per row, rows across the vector lanes. */
@@ -564,7 +568,7 @@ static void pack_int8_panel(const tl_weight *w, int64_t p0, int64_t np, int64_t 
 static void matmul_int8_panel(const tl_weight *w, int64_t p0, int64_t np, const tl_int8_in *in, int64_t n,
                               float *y, int64_t ldy, uint32_t *panel) {
     typedef int32_t lanes __attribute__((vector_size(sizeof(vf))));  /* a vi's int32 lanes */
-    const int64_t rows = (np + 2 * VL - 1) / (2 * VL) * (2 * VL), groups = nblocks(w->cols) * (BLOCK / 4);
+    const int64_t rows = panel_rows(np), groups = nblocks(w->cols) * (BLOCK / 4);
     pack_int8_panel(w, p0, np, rows, panel);
     for (int64_t r0 = 0; r0 < rows; r0 += 2 * VL) {
         float rs[2 * VL];
@@ -606,11 +610,11 @@ static void matmul_int8_panel(const tl_weight *w, int64_t p0, int64_t np, const 
 /* A prompt's product with a ternary layer on the float path: the item's np rows decoded (scale
  * included: so not bit for bit its decoding's sums in any order) and transposed once into `panel`
  * (cols, rows: rows padded to a multiple of 2 VL by repeating the last), then
- * 2 VL rows x GT inputs at a time: each weight vector times each input's broadcast value, rows
+ * 2 VL rows x GF inputs at a time: each weight vector times each input's broadcast value, rows
  * across the lanes, no horizontal sums. `row`: w->cols floats of scratch. */
 static void matmul_float_panel(const tl_weight *w, int64_t p0, int64_t np, const float *x, int64_t ldx, int64_t n,
                                float *y, int64_t ldy, float *panel, float *row) {
-    const int64_t rows = (np + 2 * VL - 1) / (2 * VL) * (2 * VL), cols = w->cols;
+    const int64_t rows = panel_rows(np), cols = w->cols;
     for (int64_t r = 0; r < rows; ++r) {
         if (r < np) decode_row(w, p0 + r, row);
         for (int64_t c = 0; c < cols; ++c) panel[c * rows + r] = row[c];
@@ -655,8 +659,10 @@ static void matmul_float_panel(const tl_weight *w, int64_t p0, int64_t np, const
 
 /* Work item i of a product: rows i * ITEM .. of w times the n inputs (`in`: their int8 form,
  * for the integer path). Many inputs (a prompt) first decode the item's rows into this thread's
- * `scratch` (a panel that stays in L2: floats, or the integer path's packed codes) and stream
- * every input past it; fewer decode the weights in registers for each tile. */
+ * `scratch` (a panel that stays in L2: floats, or the integer path's packed codes; float32 rows
+ * are read where they are) and stream every input past it; fewer decode the weights in registers
+ * for each tile. Float and bf16 prompts go through `tile` as decoding does, so their sums are
+ * bit for bit decoding's. */
 static void matmul_item(const tl_weight *w, int64_t i, const float *x, int64_t ldx, const tl_int8_in *in, int64_t n,
                         float *y, int64_t ldy, float *scratch, int apply_gelu) {
     const int64_t p0 = i * ITEM, np = w->rows - p0 < ITEM ? w->rows - p0 : ITEM;
@@ -668,7 +674,9 @@ static void matmul_item(const tl_weight *w, int64_t i, const float *x, int64_t l
         matmul_int8_panel(w, p0, np, in, n, y + p0, ldy, (uint32_t *)scratch);
     } else if (w->kind == W_T2) {
         matmul_float_panel(w, p0, np, x, ldx, n, y + p0, ldy, scratch, scratch + ITEM * w->cols);
-    } else {  /* float and bf16 rows: `tile`, so a prompt's sums are bit for bit those of decoding */
+    } else if (w->kind == W_F32) {
+        tiles(w, W_F32, p0, np, x, ldx, NULL, n, y + p0, ldy, 4, 2);
+    } else {
         for (int64_t r = 0; r < np; ++r) decode_row(w, p0 + r, scratch + r * w->cols);
         const tl_weight panel = {W_F32, np, w->cols, scratch, NULL, 0};
         tiles(&panel, W_F32, 0, np, x, ldx, NULL, n, y + p0, ldy, 4, 2);
@@ -837,7 +845,8 @@ static float top_k_floor(const float *s, int64_t n, int64_t top_k) {
     vf most[MAX_TOP_K / VL + 1];
     const int64_t groups = (top_k + VL - 1) / VL, padded = key_stride(n);  /* G = groups * VL */
     for (int64_t g = 0; g < groups; ++g) most[g] = vf_zero() - INFINITY;
-    for (int64_t j = 0, g = 0; j < padded; j += VL, g = g + 1 == groups ? 0 : g + 1) most[g] = vf_max(most[g], vf_load(s + j));
+    for (int64_t j = 0, g = 0; j < padded; j += VL, g = g + 1 == groups ? 0 : g + 1)
+        most[g] = vf_max(most[g], vf_load(s + j));
     float floor = INFINITY;
     for (int64_t g = 0; g < groups; ++g) {
         const float m = vf_min_lane(most[g]);
