@@ -201,6 +201,15 @@ def test_train_set_mixes_every_kind_of_turn_in_conversations(chat_set):
     assert b"I am Tilelli" in data and b"{{name}}" not in data and b"Everest" not in data  # no trivia answers
 
 
+def test_identity_set_is_answered_in_english_refused_in_chinese_and_never_an_eval_phrasing(chat_set):
+    """The identity set's Chinese question is another language (refused like one), and its "Do you
+    have a name?" is a held-out small-talk phrasing: trained on, the evaluation would test memory."""
+    turns = train_turns(chat_set)
+    assert {r for u, r in turns if u == "你是谁？"} == {REFUSAL_UNREADABLE}
+    assert "I am Tilelli, made by the Tilelli developers." in {r for u, r in turns if u == "Who are you?"}
+    assert not any(u == "Do you have a name?" for u, _ in turns)
+
+
 def test_held_out_requests_come_from_the_valid_slice(chat_set, shared):
     valid = (shared / "tinystories" / "TinyStories-valid.head800KB.no-story-delims.txt").read_text()
     reqs = rows(chat_set / "eval" / "requests.jsonl")

@@ -25,7 +25,7 @@ steps, cosine to 5e-5, seed 1 (another data order), validation at steps 450 and 
 ternary run it took the chat valid bpb from 1.1437 to 1.1098 (82 min, one thread, beside other
 work).
 
-    python -m studies.chat.runs --runs-dir ~/tl/runs/chat --data ~/tl/data/chat [--stage 2]
+    python -m studies.chat.runs --runs-dir ~/tl/runs/chat --data ~/tl/data/chat [--stage 2] [--only ternary]
     python -m studies.chat.runs --dry-run
 
 The three models go side by side (one thread each); with `--stage 2` each model's stage 1 runs
@@ -63,6 +63,8 @@ def stage2(first: Run, runs_dir: Path) -> Run:
 def main() -> None:
     parser = launcher_parser(__doc__, "runs/chat", "data/chat", "`tilelli prepare-chat` output")
     parser.add_argument("--stage", type=int, choices=(1, 2), default=1, help="2: also the continuation runs")
+    parser.add_argument("--only", choices=("lite", "vanilla", "ternary"), action="append",
+                        help="run only this model (repeatable; default: all three)")
     args = parser.parse_args()
     shipped = ROOT / "checkpoints"
     runs = {"lite": chat_run("chat-lite-fp32", LITE, shipped / LITE),
@@ -75,6 +77,7 @@ def main() -> None:
             print(line, flush=True)
         return r.name
 
+    runs = {key: run for key, run in runs.items() if key in (args.only or runs)}
     with ThreadPoolExecutor(len(runs)) as pool:
         names = list(pool.map(go, runs.values()))
     print(json.dumps({name: final_valid_bpb(args.runs_dir / name) for name in names}, indent=1))

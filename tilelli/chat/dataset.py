@@ -13,7 +13,9 @@ people use a chat: a refusal after a story, a story after a refusal, small talk 
 - **follow-ups** after a story: "Tell me another one, about a bird" -> a story about that
   subject; "What was the dog's name?" -> "The dog's name was Max." (read off the story).
 - **small talk**: greetings, thanks, goodbyes, "who are you", ... (phrasing.SMALL_TALK, our
-  own short replies), the ChatterBot small-talk dialogues and the identity set (Tilelli).
+  own short replies), the ChatterBot small-talk dialogues and the identity set's English
+  questions (Tilelli), less any phrasing an evaluation or the calibration uses; its Chinese
+  questions are other languages, refused like them.
 - **abstention**: world-fact questions (NQ-open, TruthfulQA, ChatterBot trivia) -> `REFUSAL`,
   `Sizes.train_facts` training questions once each, in one of the train fact forms; arithmetic -> `REFUSAL` too;
   gibberish, other languages and code -> `REFUSAL_UNREADABLE`, all from the *train* side of
@@ -435,13 +437,15 @@ def build(shared: Path, out: Path, seed: int = 0, sizes: Sizes = Sizes()) -> dic
     for turns in sources.chatterbot_dialogues(chat, SMALL_TALK_CATEGORIES):
         if not fact_like(turns[0][0]):
             small.append(turns)
-    small += [[(q, a)] for q, a, src in sources.instructions(chat) if src == "identity"]
+    identity = identity_turns(chat)
+    small += [[(q, a)] for q, a in identity if q.isascii()]
     n_held = sizes.facts + sizes.conversation_each * 2 + sizes.history_facts  # single, third turn, histories
     train_q, held_q, removed = split_facts(sources.facts(qa, chat), n_held, rng)
     facts = [phrasing.fact_question(q, "train", rng)[0] for q, _ in train_q[:sizes.train_facts]]
     train_stories = [s for path in train_files for s in sources.tinystories(path)]
     unservable = [(phrasing.Noise(typo=0).apply(r["prompt"], rng), UNSERVABLE_REPLY[r["kind"]])
                   for r in unservable_prompts(rng, N_UNSERVABLE_EACH, train_stories, "train")]
+    unservable += [(q, UNSERVABLE_REPLY["language"]) for q, _ in identity if not q.isascii()]
     rng.shuffle(stories)
     rng.shuffle(small)
     pools = Pools(stories, small, facts, unservable)
@@ -557,12 +561,18 @@ def _detector_rows(unused_questions: Sequence[str], stories: Sequence[str], iden
     return rows
 
 
-def identity_questions(chat: Path) -> list[str]:
-    """The identity set's English questions (its Chinese ones are other languages, refused), less
-    any small-talk phrasing an evaluation or the calibration uses."""
+def identity_turns(chat: Path) -> list[tuple[str, str]]:
+    """The identity set's (question, answer) pairs, less any small-talk phrasing an evaluation or
+    the calibration uses ("Tell me about yourself" is one): trained on, they would make the
+    held-out small talk a memory test."""
     held_out = {normalise(p) for split in ("calibration", "eval") for _, p in phrasing.small_talk_prompts(split)}
-    return [q for q, _, src in sources.instructions(chat)
-            if src == "identity" and q.isascii() and normalise(q) not in held_out]
+    return [(q, a) for q, a, src in sources.instructions(chat)
+            if src == "identity" and normalise(q) not in held_out]
+
+
+def identity_questions(chat: Path) -> list[str]:
+    """The identity set's English questions (its Chinese ones are other languages, refused)."""
+    return [q for q, _ in identity_turns(chat) if q.isascii()]
 
 
 def _follow_ups(maker: HistoryMaker, n: int, rng: random.Random) -> list[dict]:
