@@ -300,13 +300,14 @@ def assert_matches_the_pytorch_path(got: np.ndarray, tref: TorchDecoder, data: b
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoints_match_the_pytorch_path(name, monkeypatch):
-    """Every shipped checkpoint (the chat ones too): 512 greedy bytes identical, each byte's
-    confidence that of the engine's own full pass over the same bytes (1e-4), and teacher-forced
-    logits within 1e-4 of the PyTorch path at every position of those bytes and of 1,000 bytes
-    of held-out text, where both paths keep the same keys in top-k attention, ties included
-    (the earliest wins), up to float-rounding near-ties (`assert_matches_the_pytorch_path`).
-    (Against the PyTorch path's own cached decoding the confidences are compared only loosely:
-    it can take another side of such a near-tie than its full pass.)"""
+    """Every shipped checkpoint (the chat ones too): 512 greedy bytes identical, and the engine's
+    logits within 1e-4 of the PyTorch path's teacher-forced ones at every position, fed either
+    way: those bytes one at a time (decoding) and all at once (a prompt: its products sum in
+    another order), and 1,000 bytes of held-out text at once; both paths keep the same keys in
+    top-k attention, ties included (the earliest wins), up to float-rounding near-ties
+    (`assert_matches_the_pytorch_path`). (Against the PyTorch path's own cached decoding the
+    confidences are compared only loosely: it can take another side of such a near-tie than its
+    full pass.)"""
     path = SHIPPED_DIR / name
     ref, fast = load(path), NativeModel.load(path)
     tref = TorchDecoder(ref)
@@ -314,8 +315,10 @@ def test_shipped_checkpoints_match_the_pytorch_path(name, monkeypatch):
     got, want = generate(fast, prompt, cfg), generate(ref, prompt, cfg)
     assert same_generation(got, want, 5e-3)
     text = prompt + got[0]
+    seq = fast.new_sequence()
+    stepped = np.concatenate([fast.forward([seq], [bytes([b])]) for b in text])  # (len(text), 256)
+    assert_matches_the_pytorch_path(stepped, tref, text, monkeypatch)
     full = fast.forward([fast.new_sequence()], [text], all_logits=True)  # (len(text), 256)
-    assert np.abs(np.array(got[1]) - confidences(full[len(prompt) - 1:-1])).max() <= 1e-4
     assert_matches_the_pytorch_path(full, tref, text, monkeypatch)
     if not VALID.is_file():
         pytest.skip("../shared/data is not here")

@@ -91,7 +91,7 @@ typedef struct {
  * 1.6x slower); vi_dot4 (int32 lanes += 4 codes x the same 4 int8 inputs) and GT, the inputs
  * the integer path's prompt kernel takes at a time (2 x GT accumulators and 2 code vectors in
  * the registers; more spill: 5,100 -> 3,500 bytes/s of prefill with 8 on Zen 4); GF, the same
- * for a ternary prompt on the float path. Float and bf16 rows go one at a time: 4 bf16 rows at
+ * for a prompt on the float path. Float and bf16 rows go one at a time: 4 bf16 rows at
  * once decoded the bf16 models at 0.44x the speed (Zen 4, one thread). AVX-512 here means F and
  * BW (every AVX-512 CPU but Xeon Phi), VNNI when present.
  * vf_zero/vf_load/vf_store/vf_fma follow, common to all. */
@@ -404,8 +404,8 @@ static void gelu(float *y, int64_t n) {
 
 /* out[t][r] = W[rows[r]] . xs[t] for r < R, t < T: R weight rows decoded block by block in
  * registers, each weight vector used by all T inputs, R * T accumulators. The kernel of every
- * product but a ternary prompt's: R x T is R1 x 1 for one input, 2 x NT for a few, 4 x 2 for a
- * float or bf16 prompt's many (bf16 on a decoded float panel). Called with constant kind, R and T, so each use is specialised. */
+ * product but a prompt's: R x T is R1 x 1 for one input, 2 x NT for a few. Called with constant
+ * kind, R and T, so each use is specialised. */
 static inline __attribute__((always_inline)) void tile(const tl_weight *w, int kind, const int64_t rows[MAX_R],
                                                        int R, const float *const xs[MAX_T], int T,
                                                        float out[MAX_T][MAX_R]) {
@@ -607,11 +607,11 @@ static void matmul_int8_panel(const tl_weight *w, int64_t p0, int64_t np, const 
     }
 }
 
-/* A prompt's product with a ternary layer on the float path: the item's np rows decoded (scale
- * included: so not bit for bit its decoding's sums in any order) and transposed once into `panel`
- * (cols, rows: rows padded to a multiple of 2 VL by repeating the last), then
- * 2 VL rows x GF inputs at a time: each weight vector times each input's broadcast value, rows
- * across the lanes, no horizontal sums. `row`: w->cols floats of scratch. */
+/* A prompt's product on the float path (every weight kind): the item's np rows decoded (scale
+ * included) and transposed once into `panel` (cols, rows: rows padded to a multiple of 2 VL by
+ * repeating the last), then 2 VL rows x GF inputs at a time: each weight vector times each
+ * input's broadcast value, rows across the lanes, no horizontal sums. `row`: w->cols floats of
+ * scratch. */
 static void matmul_float_panel(const tl_weight *w, int64_t p0, int64_t np, const float *x, int64_t ldx, int64_t n,
                                float *y, int64_t ldy, float *panel, float *row) {
     const int64_t rows = panel_rows(np), cols = w->cols;
@@ -659,10 +659,11 @@ static void matmul_float_panel(const tl_weight *w, int64_t p0, int64_t np, const
 
 /* Work item i of a product: rows i * ITEM .. of w times the n inputs (`in`: their int8 form,
  * for the integer path). Many inputs (a prompt) first decode the item's rows into this thread's
- * `scratch` (a panel that stays in L2: floats, or the integer path's packed codes; float32 rows
- * are read where they are) and stream every input past it; fewer decode the weights in registers
- * for each tile. Float and bf16 prompts go through `tile` as decoding does, so their sums are
- * bit for bit decoding's. */
+ * `scratch` (a panel that stays in L2: floats, or the integer path's packed codes) and stream
+ * every input past it; fewer decode the weights in registers for each tile. A prompt's sums are
+ * so in another order than decoding's (within float rounding: tests/test_engine.py holds both to
+ * the PyTorch path at every position); bf16 prompts through `tile`, in decoding's order, ran at
+ * 0.76x the speed (Zen 4, one thread). */
 static void matmul_item(const tl_weight *w, int64_t i, const float *x, int64_t ldx, const tl_int8_in *in, int64_t n,
                         float *y, int64_t ldy, float *scratch, int apply_gelu) {
     const int64_t p0 = i * ITEM, np = w->rows - p0 < ITEM ? w->rows - p0 : ITEM;
@@ -672,14 +673,8 @@ static void matmul_item(const tl_weight *w, int64_t i, const float *x, int64_t l
         tiles_of_kind(w, p0, np, x, ldx, in, n, y + p0, ldy, 2, 2, NT);
     } else if (in) {
         matmul_int8_panel(w, p0, np, in, n, y + p0, ldy, (uint32_t *)scratch);
-    } else if (w->kind == W_T2) {
-        matmul_float_panel(w, p0, np, x, ldx, n, y + p0, ldy, scratch, scratch + ITEM * w->cols);
-    } else if (w->kind == W_F32) {
-        tiles(w, W_F32, p0, np, x, ldx, NULL, n, y + p0, ldy, 4, 2);
     } else {
-        for (int64_t r = 0; r < np; ++r) decode_row(w, p0 + r, scratch + r * w->cols);
-        const tl_weight panel = {W_F32, np, w->cols, scratch, NULL, 0};
-        tiles(&panel, W_F32, 0, np, x, ldx, NULL, n, y + p0, ldy, 4, 2);
+        matmul_float_panel(w, p0, np, x, ldx, n, y + p0, ldy, scratch, scratch + ITEM * w->cols);
     }
     if (apply_gelu)
         for (int64_t t = 0; t < n; ++t) gelu(y + t * ldy + p0, np);
