@@ -363,6 +363,22 @@ def test_signals_are_the_teacher_forced_refusals_and_the_users_surprise(tiny_ckp
     assert s.likelier == ("fact" if p_f > p_i else "unreadable")
 
 
+@pytest.mark.parametrize("engine", ["auto", "torch"])
+def test_ternary_models_reply_on_the_integer_path_and_decide_on_the_float_path(tmp_path, tiny_ckpt, engine):
+    """The integer path is a ternary model's default (an FP32 model has none); a chat's signals are
+    read on the float path whatever the decoder's path, and the decoder keeps its own after."""
+    torch.manual_seed(0)
+    ternary = tmp_path / "tiny-ternary"
+    save(build_model(from_name("tilelli-lite-ternary", d_model=32, n_layers=1, n_heads=2, max_seq_len=256)), ternary)
+    fast, exact = load_decoder(ternary, engine), load_decoder(ternary, engine, int8=False)
+    assert fast.int8 and not exact.int8 and not load_decoder(tiny_ckpt, engine).int8
+    p, _ = conversation_prompt([("hi", "yo")], "What is the capital of Peru?", 256)
+    logits = [d.forward([d.new_sequence()], [p]) for d in (fast, exact)]
+    assert not np.array_equal(*logits)  # the paths differ here, so equal signals below are not luck
+    assert measure(fast, [p]) == measure(exact, [p]) and fast.int8
+    assert decide(fast, AbstainRule(0.5, 1.0), p) == decide(exact, AbstainRule(0.5, 1.0), p)
+
+
 def test_peak_bits_per_byte_is_the_worst_window():
     lp = -np.log(2) * np.array([1.0] * 40 + [9.0] * 4 + [1.0] * 40)  # 9 bits for 4 bytes in the middle
     assert peak_bits_per_byte(lp, window=4) == pytest.approx(9.0)

@@ -39,18 +39,24 @@ def run(out: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("kind", ["ternary", "fp32"])
 def test_greedy_output_is_tilelli_generates(tmp_path, capsysbinary, kind):
+    """By default and on the float path; a ternary model's default is the integer path (on this
+    random model the two paths part within 64 bytes)."""
     ckpt = tiny_checkpoint(tmp_path, kind)
     out = export(ckpt, tmp_path / "native", "native")
-    got = run(out, "-p", PROMPT, "-n", "64", "--temperature", "0", "-t", "1")
+    got, exact = (run(out, "-p", PROMPT, "-n", "64", "--temperature", "0", "-t", "1", *o) for o in ((), ("--no-int8",)))
     assert got.returncode == 0, got.stderr
     assert got.stdout == generated(ckpt, capsysbinary)
+    assert exact.stdout == generated(ckpt, capsysbinary, 64, "--no-int8")
+    assert (got.stdout != exact.stdout) == (kind == "ternary")
 
 
 def test_shipped_default_model(tmp_path, capsysbinary):
+    """On each path (the integer path, a ternary model's default, and the float path), the
+    bytes `tilelli generate` gives on it."""
     out = export(SHIPPED, tmp_path / "native", "native")
-    assert run(out, "-p", PROMPT, "-n", "64", "--temperature", "0").stdout == generated(SHIPPED, capsysbinary)
-    got = run(out, "-p", PROMPT, "-n", "64", "--temperature", "0", "--int8")  # the integer path
-    assert got.returncode == 0 and got.stdout == generated(SHIPPED, capsysbinary, 64, "--int8")
+    for options in ((), ("--int8",), ("--no-int8",)):
+        got = run(out, "-p", PROMPT, "-n", "64", "--temperature", "0", *options)
+        assert got.returncode == 0 and got.stdout == generated(SHIPPED, capsysbinary, 64, *options), options
 
 
 @pytest.mark.parametrize("surprise", [1e9, 1.0], ids=["answers", "abstains"])

@@ -53,11 +53,13 @@ def test_greedy_continuation_is_tilelli_generates_and_stays_on_its_origin(browse
 
 @needs_browser
 @pytest.mark.parametrize("module", ["relaxed", "simd128"])
-@pytest.mark.parametrize("options", [(), ("--int8",)], ids=["float", "int8"])
+@pytest.mark.parametrize("options", [(), ("--no-int8",)], ids=["int8", "float"])
 def test_shipped_default_model(browser, tmp_path, capsysbinary, options, module):  # noqa: F811
-    """Both modules, both paths: the same bytes as `tilelli generate`. Chromium takes the
-    relaxed-SIMD module; the SIMD128 one is tested by serving it under the relaxed one's name."""
-    site = export(SHIPPED, tmp_path / "site", "web", *options)  # --int8: the page runs the integer path
+    """Both modules, both paths (the integer path, a ternary model's default, and the float
+    path): the same bytes as `tilelli generate`. Chromium takes the relaxed-SIMD module; the
+    SIMD128 one is tested by serving it under the relaxed one's name."""
+    site = export(SHIPPED, tmp_path / "site", "web", *options)
+    assert ("const INT8 = true;" in (site / "worker.js").read_text()) == (options == ())
     if module == "simd128":
         shutil.copyfile(site / "engine.wasm", site / "engine-relaxed.wasm")
     with static_server(site) as (url, _):

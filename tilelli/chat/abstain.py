@@ -53,6 +53,7 @@ import numpy as np
 from tilelli.chat.detector import Detector, features
 from tilelli.chat.template import ASSISTANT, END_BYTE, REFUSAL, REFUSAL_UNREADABLE, USER, is_refusal
 from tilelli.errors import TilelliError
+from tilelli.infer import float_path
 from tilelli.infer.generate import SamplingConfig
 from tilelli.infer.score import chosen_logprobs, continuation_logprobs, continuation_predictions
 
@@ -108,7 +109,13 @@ def measure(decoder: Any, prompts: Sequence[bytes], batch_size: int = 16, alone:
     pass each: the last user turn's text and the refusals' shared OPENING after the rest; the
     next-byte probabilities after OPENING say which refusal the model would go on with. A prompt
     with a history is measured a second time without it (`Signals.alone`), unless `alone` is off
-    (the detector's fit reads the conversation's reading only)."""
+    (the detector's fit reads the conversation's reading only). Always on the exact float path:
+    the integer path, a ternary model's default for its replies, changes no decision."""
+    with float_path(decoder):
+        return _signals(decoder, prompts, batch_size, alone)
+
+
+def _signals(decoder: Any, prompts: Sequence[bytes], batch_size: int, alone: bool) -> list[Signals]:
     starts = [p.rfind(bytes([USER])) + 1 for p in prompts]
     if any(s == 0 or not p or p[-1] != ASSISTANT for p, s in zip(prompts, starts, strict=True)):
         raise TilelliError("a chat prompt must end with a user turn (USER text ASSISTANT)")
@@ -128,7 +135,7 @@ def measure(decoder: Any, prompts: Sequence[bytes], batch_size: int = 16, alone:
                          features(rows[n_text + 1], rows[:max(n_text, 1)], refusal, surprise))
     later = [i for i, s in enumerate(starts) if s > 1 and alone]  # turns with a history: read them alone too
     if later:
-        for i, alone in zip(later, measure(decoder, [prompts[i][starts[i] - 1:] for i in later], batch_size),
+        for i, alone in zip(later, _signals(decoder, [prompts[i][starts[i] - 1:] for i in later], batch_size, True),
                             strict=True):
             out[i] = replace(out[i], alone=alone)
     return out
@@ -254,7 +261,8 @@ def decide(decoder: Any, rule: AbstainRule | None, prompt: bytes) -> Decision:
     if d.abstain:  # the given refusal's own byte probabilities (what confidences report), in the
         # conversation, or after the turn alone when the conversation leaves no room for a refusal
         context = prompt if not math.isnan(s.refusal) else prompt[prompt.rfind(bytes([USER])):]
-        lp = continuation_logprobs(decoder, [context], [d.reply.encode("utf-8") + END_BYTE])[0]
+        with float_path(decoder):
+            lp = continuation_logprobs(decoder, [context], [d.reply.encode("utf-8") + END_BYTE])[0]
         return replace(d, byte_probs=tuple(float(math.exp(v)) for v in lp[:-1]))
     return d
 

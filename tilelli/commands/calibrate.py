@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="training turns the refusal detector is fitted on (default 3000); 0: no detector, the rule "
              "thresholds the model's probability of the refusal itself")
     add("--out", type=Path, default=None, help="write the rule here instead of beside the checkpoint")
-    add_engine_arguments(parser)
+    add_engine_arguments(parser, int8=False)  # signals are read on the float path (abstain.measure)
 
 
 def row_signals(decoder: Any, rows: list[dict], alone: bool = True) -> list[Any]:
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from tilelli.infer import load_decoder
     from tilelli.train.trainer import git_state
 
-    decoder = load_decoder(path, args.engine, args.threads, args.int8)
+    decoder = load_decoder(path, args.engine, args.threads, int8=False)
     detector = fit_detector(decoder, train, args.detector_prompts) if args.detector_prompts else None
     signals = row_signals(decoder, rows)
     row_kinds = [r.get("kind", "request") for r in rows]

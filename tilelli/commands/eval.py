@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int_range(MIN_BOOTSTRAP), default=1000,
                         help=f"bootstrap resamples, at least {MIN_BOOTSTRAP} (default 1000)")
     parser.add_argument("--seed", type=seed, default=0, help="bootstrap seed (default 0)")
-    add_int8_argument(parser)
+    add_int8_argument(parser, default="float")  # eval measures the model: its exact path unless asked
     add_threads_argument(parser, zero="torch's default")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (there is none either when stderr is not a terminal)")

@@ -38,9 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="a static site (index.html, engine.wasm, model.tlm) that chats in the browser tab")
     form.add_argument("--native", action="store_true",
                       help="a standalone runner binary (tilelli-run) and its model.tlm, no Python needed")
-    parser.add_argument("--int8", action="store_true",
+    parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
                         help="with --web: the page runs the integer path (ternary layers take int8 inputs; "
-                             "faster, docs/engine.md gives its bpb cost); the runner takes --int8 itself")
+                             "faster, docs/engine.md gives its bpb cost): the default for ternary models, "
+                             "--no-int8 for the exact float path; the runner takes --int8 / --no-int8 itself")
     parser.add_argument("--check-data", default=None,
                         help="valid data (file or prepared dir) on which --bf16 must keep bpb within --max-change")
     parser.add_argument("--max-change", type=float_range(0.0, lo_open=True), default=0.002,
@@ -75,9 +76,9 @@ def _check_args(args: argparse.Namespace) -> None:
     check_writable_dir(args.out, "--out")
     if not Path(args.checkpoint).exists():
         raise TilelliError(f"no checkpoint at {args.checkpoint}: the directory does not exist")
-    if args.int8 and not args.web:
-        raise TilelliError("--int8 goes with --web (tilelli-run takes --int8 when it runs; generate, chat and "
-                           "serve take --int8 too)")
+    if args.int8 is not None and not args.web:
+        raise TilelliError("--int8 / --no-int8 go with --web (tilelli-run takes them when it runs; generate, chat "
+                           "and serve take them too)")
     if args.bf16 and not args.check_data:
         raise TilelliError("--bf16 needs --check-data (valid data to measure what bf16 costs in bpb)")
     if args.check_data:
@@ -131,7 +132,7 @@ def _export_runnable(args: argparse.Namespace) -> int:
         from tilelli.web.site import write_site
 
         def program(tmp: Path) -> None:
-            write_site(tmp, args.int8)
+            write_site(tmp, config.ternary.quantize if args.int8 is None else args.int8)
     else:
         from tilelli.infer.runner import RUNNER, build_runner
 

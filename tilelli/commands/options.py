@@ -95,18 +95,28 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int,
         help=f"random seed 0..{SEED_MAX} for reproducible sampling (leave it out for a random one)")
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+def add_engine_arguments(parser: argparse.ArgumentParser, int8: bool = True) -> None:
+    """--engine and --threads, and --int8 / --no-int8 unless `int8` is off (a command that reads
+    only the float path, as calibration does)."""
     parser.add_argument("--engine", choices=("auto", "native", "torch"), default="auto",
                         help="auto: the native engine when it can run the model, else PyTorch (default); "
                              "torch: the PyTorch reference path")
-    add_int8_argument(parser)
+    if int8:
+        add_int8_argument(parser)
     add_threads_argument(parser)
 
 
-def add_int8_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--int8", action="store_true",
-                        help="the integer path: ternary layers take inputs quantized to int8 per byte "
-                             "(faster; docs/engine.md gives its bpb cost)")
+def add_int8_argument(parser: argparse.ArgumentParser, default: str = "ternary") -> None:
+    """`default`: "ternary" (the integer path for ternary models unless --no-int8) or "float"."""
+    if default == "ternary":
+        parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
+                            help="the integer path: ternary layers take inputs quantized to int8 per byte "
+                                 "(the default for ternary models: 0.02%% bpb, docs/engine.md; "
+                                 "--no-int8: the exact float path; a chat's decision is read on it either way)")
+    else:
+        parser.add_argument("--int8", action="store_true",
+                            help="the integer path: ternary layers take inputs quantized to int8 per byte "
+                                 "(default: the exact float path)")
 
 
 def abstain_threshold(s: str) -> float | str:

@@ -3,23 +3,30 @@
 `load_decoder(path)` is what `tilelli generate` (and chat, and the server) use: the native
 engine when it can run the checkpoint (Lite and vanilla, FP32 or ternary, with a C compiler
 present), else the PyTorch path, with one note on stderr saying why. Both give the same bytes.
+
+Ternary models run on the integer path by default (int8 inputs, exact int32 sums: 0.02 % bpb,
+docs/results/int8.md, for 1.4-1.7x the speed); `float_path` is where the exact float path is
+kept whatever the default: a chat's answer-or-abstain decision is read there, so that the
+integer path never changes one.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tilelli.errors import TilelliError
 from tilelli.limits import check_threads
 
 
-def load_decoder(path: str | os.PathLike, engine: str = "auto", threads: int = 0, int8: bool = False) -> Any:
+def load_decoder(path: str | os.PathLike, engine: str = "auto", threads: int = 0, int8: bool | None = None) -> Any:
     """A generation `Decoder` for the checkpoint at `path`.
 
     engine: "auto" (native when possible, else PyTorch with a note), "native" (an error
     when impossible) or "torch" (the reference path). int8: the integer path (ternary layers
-    take int8 inputs), in either engine.
+    take int8 inputs), in either engine; None: on for a ternary model, off otherwise.
     """
     if engine not in ("auto", "native", "torch"):
         raise TilelliError(f"engine {engine!r}; expected auto, native or torch")
@@ -35,7 +42,9 @@ def load_decoder(path: str | os.PathLike, engine: str = "auto", threads: int = 0
         if why is None and library.load() is None:
             why = "the native engine could not be built"
         if why is None:
-            return NativeModel.load(path, threads=threads, int8=int8)
+            native = NativeModel.load(path, threads=threads)
+            native.int8 = native.ternary if int8 is None else int8
+            return native
         if engine == "native":
             raise TilelliError(f"--engine native: {why}; use --engine auto or torch")
         note(f"{why}; generating with the PyTorch path (same bytes, slower)")
@@ -46,9 +55,21 @@ def load_decoder(path: str | os.PathLike, engine: str = "auto", threads: int = 0
 
     if threads:
         torch.set_num_threads(threads)
-    model = load(path)
-    if int8:
-        from tilelli.model.ternary import use_int8_inputs
+    decoder = TorchDecoder(load(path))
+    decoder.int8 = decoder.ternary if int8 is None else int8
+    return decoder
 
-        use_int8_inputs(model)
-    return TorchDecoder(model)
+
+@contextmanager
+def float_path(decoder: Any) -> Iterator[Any]:
+    """`decoder` on the exact float path inside the block, on its own path again after it (a
+    decoder with no integer path, such as a test's stand-in, is left as it is)."""
+    if not hasattr(decoder, "int8"):
+        yield decoder
+        return
+    was = decoder.int8
+    decoder.int8 = False
+    try:
+        yield decoder
+    finally:
+        decoder.int8 = was

@@ -93,8 +93,9 @@ def reference_rates(threads: int, repeats: int, n: int = 200) -> dict[str, float
 
 
 def checkpoint_rates(path: Path, threads: int, repeats: int, n: int = 200, prefill: bytes = b"",
-                     int8: bool = False) -> dict[str, Any]:
-    """The native engine and tilelli's PyTorch path on one checkpoint (`int8`: the engine's integer path)."""
+                     int8: bool | None = None) -> dict[str, Any]:
+    """The native engine and tilelli's PyTorch path (float) on one checkpoint (`int8`: the engine's
+    integer path; None: its default, on for a ternary model)."""
     import torch
 
     from tilelli.infer.engine import NativeModel
@@ -102,10 +103,12 @@ def checkpoint_rates(path: Path, threads: int, repeats: int, n: int = 200, prefi
     from tilelli.model.checkpoint import load
 
     torch.set_num_threads(threads)
-    fast = NativeModel.load(path, threads=threads, int8=int8)
+    fast = NativeModel.load(path, threads=threads)
+    fast.int8 = fast.ternary if int8 is None else int8
     slow = TorchDecoder(load(path))
     far = min(1500, fast.max_seq_len - 60)
     out = {
+        "int8": fast.int8 and fast.ternary,
         "torch_path_b1": median_rate(decode_rate(slow, n // 2), repeats),
         "fast_b1": median_rate(decode_rate(fast, n), repeats),
         "fast_b8": median_rate(decode_rate(fast, n, batch=8), repeats),
@@ -213,9 +216,9 @@ def cpu_line(m: dict[str, Any]) -> str:
 
 
 def run_all(checkpoints: list[Path], threads: int, repeats: int, prefill: bytes,
-            startup_checkpoint: Path | None = None, int8: bool = False) -> dict[str, Any]:
+            startup_checkpoint: Path | None = None, int8: bool | None = None) -> dict[str, Any]:
     """Everything above in one process (see module doc); the reference is measured first."""
-    result: dict[str, Any] = {"machine": machine(), "threads": threads, "repeats": repeats, "int8": int8,
+    result: dict[str, Any] = {"machine": machine(), "threads": threads, "repeats": repeats,
                               "reference": reference_rates(threads, repeats), "models": {}}
     for path in checkpoints:
         rates = checkpoint_rates(path, threads, repeats, prefill=prefill, int8=int8)
@@ -234,8 +237,8 @@ def markdown(result: dict[str, Any]) -> str:
     """The table the README quotes."""
     ref = result["reference"]
     m = result["machine"]
-    path = ", the integer path (--int8)" if result.get("int8") else ""
-    lines = [f"Greedy decoding{path}, {result['threads']} thread(s), {cpu_line(m)}, "
+    int8 = " (int8: the integer path)" if any(r.get("int8") for r in result["models"].values()) else ""
+    lines = [f"Greedy decoding{int8}, {result['threads']} thread(s), {cpu_line(m)}, "
              f"median of {result['repeats']} runs, "
              f"1-min load {m['load_1min_at_start']:.2f} at start; bytes/s. Reference GPT (plain PyTorch, d=320, "
              f"8 layers, KV cache): {ref['reference_cached']:,.0f} cached, {ref['reference_no_cache']:,.0f} "
@@ -246,7 +249,8 @@ def markdown(result: dict[str, Any]) -> str:
     for name, r in result["models"].items():
         far = r["far_position"]
         bits = f"{r['bits_per_ternary_weight']:.3f}" if r["bits_per_ternary_weight"] else "—"
-        lines.append(f"| `{name}` | {r['torch_path_b1']:,.0f} | {r['fast_b1']:,.0f} | "
+        path = " (int8)" if r.get("int8") else ""
+        lines.append(f"| `{name}`{path} | {r['torch_path_b1']:,.0f} | {r['fast_b1']:,.0f} | "
                      f"{r['fast_b1_vs_reference']:.2f}x | {r['fast_b8']:,.0f} | {r['fast_b8_vs_b1']:.2f}x | "
                      f"{r.get('fast_prefill', 0):,.0f} | {r.get('prefill_vs_b1', 0):.2f}x | "
                      f"{r['fast_at_50']:,.0f} | {r[f'fast_at_{far}']:,.0f} at {far} | {r['far_vs_50']:.2f}x | "

@@ -123,7 +123,15 @@ static int measure(tl_ctx *ctx, const tl_settings *rule, const uint8_t *prompt, 
     if (!failed) {
         memcpy(chunk, prompt, (size_t)n);
         memcpy(chunk + n, OPENING, (size_t)open);
-        failed = ctx_forward(ctx, &seq, chunk, total, 1, logits);
+        /* on the exact float path whatever path the replies take (tilelli/chat/abstain.py's
+         * measure): the integer path changes no decision */
+        tl_model exact = *ctx->m;
+        exact.int8 = 0;
+        tl_ctx on_float = *ctx;
+        on_float.m = &exact;
+        failed = ctx_forward(&on_float, &seq, chunk, total, 1, logits);
+        ctx->work = on_float.work;  /* the workspace it may have grown */
+        ctx->work_floats = on_float.work_floats;
         seq_free(&seq);
     }
     if (!failed) {

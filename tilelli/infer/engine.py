@@ -160,7 +160,6 @@ class NativeModel:
                              config.max_seq_len, config.n_heads, config.head_dim, config.top_k, config.local_kernel,
                              config.expand * config.d_model, self._weight(t.tok), self._weight(t.head),
                              self._hold(t.pos), self._hold(t.normf_w), self._hold(t.normf_b), layers, int(int8))
-        self.int8 = int8  # the integer path: ternary layers take int8 inputs (engine.c, top)
         failed = self._lib.tl_check_model(ctypes.byref(self._model))
         if failed:  # the Python checks above should make this unreachable; the C code checks anyway
             raise TilelliError(f"the native engine refused this model's shapes (check {failed}); re-save the "
@@ -186,6 +185,20 @@ class NativeModel:
         return _Weight(w.kind, w.rows, w.cols, self._hold(w.data), self._hold(w.scale), int(w.per_row))
 
     # -- running ------------------------------------------------------------------------
+
+    @property
+    def int8(self) -> bool:
+        """The integer path: ternary layers take int8 inputs (engine.c, top); settable between calls."""
+        return bool(self._model.int8)
+
+    @int8.setter
+    def int8(self, on: bool) -> None:
+        self._model.int8 = int(on)
+
+    @property
+    def ternary(self) -> bool:
+        """Whether any layer is ternary (so that the integer path changes anything)."""
+        return any(w.kind == KIND_T2 for w in self.weights)
 
     @property
     def resident_bytes(self) -> int:

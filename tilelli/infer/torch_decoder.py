@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from tilelli.model.models import LM, InferenceState
+from tilelli.model.ternary import use_int8_inputs
 
 
 class TorchDecoder:
@@ -20,6 +21,19 @@ class TorchDecoder:
         self.model = model
         self.config = model.config
         self.max_seq_len = model.config.max_seq_len
+
+    @property
+    def int8(self) -> bool:
+        """The integer path (`use_int8_inputs`), as the native engine's; settable between calls."""
+        return any(getattr(m, "int8_inputs", False) for m in self.model.modules())
+
+    @int8.setter
+    def int8(self, on: bool) -> None:
+        use_int8_inputs(self.model, on)
+
+    @property
+    def ternary(self) -> bool:
+        return self.config.ternary.quantize
 
     def new_sequence(self, max_len: int | None = None) -> InferenceState:
         return self.model.init_state(1, max_len or self.max_seq_len)

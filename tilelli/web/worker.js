@@ -8,7 +8,7 @@
 "use strict";
 
 let wasm = null;  // the module's exports
-const INT8 = false;  // the integer path (ternary layers take int8 inputs); `tilelli export --web --int8` sets it
+const INT8 = false;  // the integer path (ternary layers take int8 inputs); `tilelli export --web` sets it for a ternary model unless --no-int8
 const encoder = new TextEncoder();
 
 // WASI imports: the engine writes nothing and reads no files; these exist only to link.
