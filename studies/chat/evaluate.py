@@ -18,7 +18,8 @@ sampling defaults with a seed per prompt):
 - **signals**: AUROC of the refusal probability and of the surprise, answerable vs not.
 
 Rates have Wilson 95 % intervals; bpb a bootstrap over prompts. The teacher-forced passes run
-on the PyTorch path by default (`--score-engine`), the answers on the native engine. Writes
+on the PyTorch path by default (`--score-engine`), always on the float path; the answers on the
+native engine, on its default path (the integer path for a ternary model, as `tilelli chat`). Writes
 studies/chat/results/chat.json and docs/results/chat.md, with a scripted conversation per model.
 
     python -m studies.chat.evaluate                                 # the shipped chat checkpoints
@@ -174,13 +175,13 @@ def measure_model(name: str, chat_dir: Path, base_dir: Path, data: Path, threads
     cfg = read_config(chat_dir)
     t0 = time.time()
     decoder = load_decoder(chat_dir, threads=threads)
-    scorer = load_decoder(chat_dir, score_engine, threads)
+    scorer = load_decoder(chat_dir, score_engine, threads, int8=False)
     rule = AbstainRule.load(chat_dir)
     results = run_rows(decoder, scorer, rule, rows)
     requests = read("requests")
     references = [r["reference"].encode() for r in requests]
     chat_bpb = requests_bpb(scorer, requests)
-    base_bpb = reply_bpb(load_decoder(base_dir, score_engine, threads),
+    base_bpb = reply_bpb(load_decoder(base_dir, score_engine, threads, int8=False),
                          [(r["prompt"] + "\n").encode() for r in requests], references)
     session = ChatSession(decoder, replace(CHAT_SAMPLING, seed=0), rule)
     script = []
@@ -287,8 +288,9 @@ def main() -> None:
             rows.append(measure_model(n, c, b, Path(tmp) / "chat", args.threads, args.limit, args.score_engine))
             print(f"{n}: {rows[-1]['seconds']} s", file=sys.stderr, flush=True)
         requests = [json.loads(line) for line in (Path(tmp) / "chat" / "eval" / "requests.jsonl").open()]
-        previous = {name: {"checkpoint": d, "reply_bpb": requests_bpb(load_decoder(d, args.score_engine, args.threads),
-                                                                      requests)}
+        previous = {name: {"checkpoint": d,
+                           "reply_bpb": requests_bpb(load_decoder(d, args.score_engine, args.threads, int8=False),
+                                                     requests)}
                     for name, _, d in (spec.partition("=") for spec in args.previous)}
     if args.keep and (args.out / "chat.json").is_file():
         kept = json.loads((args.out / "chat.json").read_text())

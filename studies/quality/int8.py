@@ -76,7 +76,7 @@ def decisions(data: Path) -> dict:
         decoder = load_decoder(chat, "torch", int8=int8)
         prompts = [conversation_prompt([tuple(t) for t in r["history"]], r["prompt"], decoder.max_seq_len)[0]
                    for r in rows]
-        decided[int8] = [rule.decide(s).abstain for s in measure(decoder, prompts)]
+        decided[int8] = [rule.decide(s).abstain for s in measure(decoder, prompts, on_float=False)]
     changed = [i for i, (a, b) in enumerate(zip(decided[False], decided[True], strict=True)) if a != b]
     return {"checkpoint": CHAT, "prompts": len(rows), "abstained_float": sum(decided[False]),
             "abstained_int8": sum(decided[True]), "changed": len(changed),

@@ -104,13 +104,18 @@ def peak_bits_per_byte(logprobs: np.ndarray, window: int = PEAK_WINDOW) -> float
     return float(sums.max() / w)
 
 
-def measure(decoder: Any, prompts: Sequence[bytes], batch_size: int = 16, alone: bool = True) -> list[Signals]:
+def measure(decoder: Any, prompts: Sequence[bytes], batch_size: int = 16, alone: bool = True,
+            on_float: bool = True) -> list[Signals]:
     """Both signals for every chat prompt (history + USER text ASSISTANT), in one teacher-forced
     pass each: the last user turn's text and the refusals' shared OPENING after the rest; the
     next-byte probabilities after OPENING say which refusal the model would go on with. A prompt
     with a history is measured a second time without it (`Signals.alone`), unless `alone` is off
-    (the detector's fit reads the conversation's reading only). Always on the exact float path:
-    the integer path, a ternary model's default for its replies, changes no decision."""
+    (the detector's fit reads the conversation's reading only). On the exact float path, so that
+    the integer path, a ternary model's default for its replies, changes no decision; `on_float`
+    off reads them on the decoder's own path (what studies/quality/int8.py counts: the decisions
+    that reading would change)."""
+    if not on_float:
+        return _signals(decoder, prompts, batch_size, alone)
     with float_path(decoder):
         return _signals(decoder, prompts, batch_size, alone)
 
