@@ -810,37 +810,23 @@ static void store_kv(const tl_model *m, const tl_batch *bt, int64_t l, const flo
     }
 }
 
-/* Key j's rank as one integer, so that comparing ranks is the selection rule: the score's bits
- * made orderable (+0 for -0), then the earlier key higher on equal scores. */
-static inline uint64_t key_rank(float score, int64_t j) {
+/* A score's bits made orderable as an unsigned integer (+0 for -0; nan somewhere, but in one
+ * total order): with the earlier key higher on equal ranks, the selection rule. */
+static inline uint32_t score_rank(float score) {
     const float nonneg_zero = score + 0.0f;
     uint32_t b;
     memcpy(&b, &nonneg_zero, sizeof b);
-    b = b & 0x80000000u ? ~b : b | 0x80000000u;
-    return (uint64_t)b << 32 | (uint32_t)~(uint32_t)j;
+    return b & 0x80000000u ? ~b : b | 0x80000000u;
 }
 
-static inline int64_t ranked_key(uint64_t rank) { return (uint32_t)~(uint32_t)rank; }
-
-/* Restores the min-heap h[0..n) (the worst kept rank at the root) below position i. */
-static void sift_down(uint64_t *h, int64_t n, int64_t i) {
-    for (int64_t c = 2 * i + 1; c < n; i = c, c = 2 * i + 1) {
-        if (c + 1 < n && h[c + 1] < h[c]) ++c;
-        if (h[i] <= h[c]) return;
-        const uint64_t t = h[i];
-        h[i] = h[c];
-        h[c] = t;
-    }
-}
-
-/* A floor under the top_k-th best of the scores s[0..n) (padded with -INFINITY to a multiple of
- * KEY_BLOCK): cut the keys into G >= top_k groups by position mod G; the groups' maxima are G
- * distinct scores, so the least of them is at most the top_k-th best. One vector max per VL keys. */
+/* A floor under the top_k-th best of the scores s[0..n) (n a multiple of VL, padded with
+ * -INFINITY): cut the scores into G >= top_k groups by position mod G; the groups' maxima are G
+ * distinct scores, so the least of them is at most the top_k-th best. One vector max per VL. */
 static float top_k_floor(const float *s, int64_t n, int64_t top_k) {
     vf most[MAX_TOP_K / VL + 1];
-    const int64_t groups = (top_k + VL - 1) / VL, padded = key_stride(n);  /* G = groups * VL */
+    const int64_t groups = (top_k + VL - 1) / VL;  /* G = groups * VL */
     for (int64_t g = 0; g < groups; ++g) most[g] = vf_zero() - INFINITY;
-    for (int64_t j = 0, g = 0; j < padded; j += VL, g = g + 1 == groups ? 0 : g + 1)
+    for (int64_t j = 0, g = 0; j < n; j += VL, g = g + 1 == groups ? 0 : g + 1)
         most[g] = vf_max(most[g], vf_load(s + j));
     float floor = INFINITY;
     for (int64_t g = 0; g < groups; ++g) {
@@ -850,36 +836,59 @@ static float top_k_floor(const float *s, int64_t n, int64_t top_k) {
     return floor;
 }
 
-/* keep[0..top_k) = the top_k best of the scores s[0..n), ascending: the highest, the earlier on
- * equal scores (one integer compare of ranks, so the order keys are met in does not matter).
- * Only keys at or above top_k_floor (about a sixth of a prompt's keys) go into `cand` (n ints of
- * scratch), without a branch, and then through a min-heap of the best ranks: a heap over every
- * key spent most of its time in mispredicted branches (1.9 us a query of a 512-byte prefill, 29 %
- * of it with the integer path; with the floor 1.0 us, the same keys, measured on Zen 4). */
+/* keep[0..top_k) = the top_k best of the scores s[0..n) (padded to key_stride(n)), ascending:
+ * the highest, the earlier on equal scores. The keys at or above top_k_floor are candidates
+ * (`cand`, their scores `sc`), gathered without a branch, and the floor is taken again over the
+ * candidates while that leaves fewer (a sixth of a prompt's keys, then about 2 top_k); each
+ * candidate is then kept when fewer than top_k candidates outrank it (a higher score_rank, or an
+ * equal one and an earlier key: a total order, so exactly top_k are kept), counted a vector at a
+ * time. No branch depends on a
+ * score: a heap over the candidates spent most of its time in mispredicted branches (Zen 4,
+ * 512-byte prefill on the integer path: 4,850 -> 5,610 bytes/s without it). `cand`: 3 n + 2 VL
+ * ints of scratch. */
 static void select_top_k(const float *s, int64_t n, int64_t top_k, int32_t *cand, int64_t *keep) {
-    const float floor = top_k_floor(s, n, top_k);
+    typedef uint32_t ranks __attribute__((vector_size(sizeof(vf))));
+    typedef int32_t ints __attribute__((vector_size(sizeof(vf))));
+    float *sc = (float *)(cand + n);
+    uint32_t *u = (uint32_t *)(sc + n + VL);
+    float floor = top_k_floor(s, key_stride(n), top_k);
     int64_t m = 0;
-    for (int64_t j = n - 1; j >= 0; --j) {  /* latest first: attention favours recent keys */
+    for (int64_t j = 0; j < n; ++j) {
         cand[m] = (int32_t)j;
         m += s[j] >= floor;
     }
-    if (m < top_k)  /* only with nan scores (a broken model file): every key */
-        for (m = 0; m < n; ++m) cand[m] = (int32_t)(n - 1 - m);
-    uint64_t h[MAX_TOP_K];
-    for (int64_t i = 0; i < top_k; ++i) h[i] = key_rank(s[cand[i]], cand[i]);
-    for (int64_t i = top_k / 2 - 1; i >= 0; --i) sift_down(h, top_k, i);
-    for (int64_t i = top_k; i < m; ++i) {
-        const uint64_t r = key_rank(s[cand[i]], cand[i]);
-        if (r > h[0]) {
-            h[0] = r;
-            sift_down(h, top_k, 0);
+    int64_t before = n;
+    if (m < top_k)  /* only with nan scores (a broken model file): every key, counted as they are */
+        for (m = before = 0; m < n; ++m) cand[m] = (int32_t)m;
+    for (int64_t i = 0; i < m; ++i) sc[i] = s[cand[i]];
+    while (m < before && m > top_k + VL) {
+        for (int64_t i = m; i % VL; ++i) sc[i] = -INFINITY;
+        floor = top_k_floor(sc, (m + VL - 1) / VL * VL, top_k);
+        before = m;
+        m = 0;
+        for (int64_t i = 0; i < before; ++i) {
+            cand[m] = cand[i];
+            sc[m] = sc[i];
+            m += sc[i] >= floor;
         }
     }
-    for (int64_t i = 0; i < top_k; ++i) {  /* in key order, the order PyTorch sums them in */
-        const int64_t j = ranked_key(h[i]);
-        int64_t at = i;
-        for (; at > 0 && keep[at - 1] > j; --at) keep[at] = keep[at - 1];
-        keep[at] = j;
+    const int64_t mv = (m + VL - 1) / VL * VL;
+    for (int64_t i = 0; i < m; ++i) u[i] = score_rank(sc[i]);
+    for (int64_t i = m; i < mv; ++i) u[i] = 0;  /* below every score's rank */
+    int64_t kept = 0;
+    for (int64_t i = 0; i < m; ++i) {
+        const ranks ui = (ranks){0} + u[i];
+        ints at = {0}, above = {0};
+        for (int l = 0; l < VL; ++l) at[l] = l;
+        for (int64_t j = 0; j < mv; j += VL, at += VL) {  /* at: the candidates' positions j.. */
+            ranks uj;
+            memcpy(&uj, u + j, sizeof uj);
+            above += (uj > ui) | ((uj == ui) & (at < (int32_t)i));  /* -1 per candidate above */
+        }
+        int32_t n_above = 0;
+        for (int l = 0; l < VL; ++l) n_above -= above[l];
+        keep[kept] = cand[i];
+        kept += n_above < top_k;
     }
 }
 
@@ -902,7 +911,7 @@ static void attend(const float *q, const float *kt, const float *vc, int64_t p, 
         memcpy(s + j0, acc, sizeof acc);
     }
     for (int64_t j = n; j < padded; ++j) s[j] = -INFINITY;  /* keys not (yet) visible */
-    int64_t keep[MAX_TOP_K];
+    int64_t keep[MAX_TOP_K + 1];  /* select_top_k writes one past its last */
     const int64_t kept = top_k > 0 && top_k < n ? top_k : n;
     if (kept < n) select_top_k(s, n, top_k, cand, keep);
     const float scale = 1.0f / sqrtf((float)dh);
@@ -981,7 +990,7 @@ static int64_t max_cols(const tl_model *m) { return m->hidden > m->d ? m->hidden
 /* Each thread's scratch: a decoded panel of ITEM rows and one decoded row, then one query's
  * attention scores and its candidate keys (int32, one float's room each). */
 static int64_t per_thread_floats(const tl_model *m) {
-    return aligned((ITEM + 1) * max_cols(m)) + 2 * key_stride(m->max_seq);
+    return aligned((ITEM + 1) * max_cols(m)) + 4 * key_stride(m->max_seq) + 2 * VL;
 }
 
 /* A weight's shape is what the model needs: rows x cols, a known kind, data and scales present. */
