@@ -359,7 +359,9 @@ def markdown(result: dict[str, Any]) -> str:
              f"llama.cpp model: random weights, Llama d={lm['d_model']} x {lm['n_layers']} layers, "
              f"head_dim {lm['head_dim']}, FFN {lm['ffn']}, vocab {lm['vocab']}, {lm['params'] / 1e6:.2f} M parameters. "
              f"Decode: {result['decode_bytes']} bytes after a 16-byte prompt; prefill: {result['prefill_bytes']} "
-             f"bytes; {result['batch']} sequences decoding together (total).", "",
+             f"bytes; {result['batch']} sequences decoding together (total). `{TERNARY_INT8}`: the "
+             "integer path, what `tilelli generate` runs for a ternary model (its default since session 13); "
+             f"`{TERNARY}`: the exact float path (`--no-int8`).", "",
              head, "|---" + "|---:" * (len(COLUMNS) + 1) + "|"]
     for name, r in result["rows"].items():
         label = f"`{name}`" if r["engine"] == "tilelli" else name
