@@ -42,9 +42,7 @@ def load_decoder(path: str | os.PathLike, engine: str = "auto", threads: int = 0
         if why is None and library.load() is None:
             why = "the native engine could not be built"
         if why is None:
-            native = NativeModel.load(path, threads=threads)
-            native.int8 = native.ternary if int8 is None else int8
-            return native
+            return on_its_path(NativeModel.load(path, threads=threads), int8)
         if engine == "native":
             raise TilelliError(f"--engine native: {why}; use --engine auto or torch")
         note(f"{why}; generating with the PyTorch path (same bytes, slower)")
@@ -55,7 +53,12 @@ def load_decoder(path: str | os.PathLike, engine: str = "auto", threads: int = 0
 
     if threads:
         torch.set_num_threads(threads)
-    decoder = TorchDecoder(load(path))
+    return on_its_path(TorchDecoder(load(path)), int8)
+
+
+def on_its_path(decoder: Any, int8: bool | None) -> Any:
+    """`decoder` on the integer path when `int8`, on the float path when not, and when None on
+    the integer path if it is a ternary model."""
     decoder.int8 = decoder.ternary if int8 is None else int8
     return decoder
 

@@ -98,13 +98,13 @@ def checkpoint_rates(path: Path, threads: int, repeats: int, n: int = 200, prefi
     integer path; None: its default, on for a ternary model)."""
     import torch
 
+    from tilelli.infer import on_its_path
     from tilelli.infer.engine import NativeModel
     from tilelli.infer.torch_decoder import TorchDecoder
     from tilelli.model.checkpoint import load
 
     torch.set_num_threads(threads)
-    fast = NativeModel.load(path, threads=threads)
-    fast.int8 = fast.ternary if int8 is None else int8
+    fast = on_its_path(NativeModel.load(path, threads=threads), int8)
     slow = TorchDecoder(load(path))
     far = min(1500, fast.max_seq_len - 60)
     out = {

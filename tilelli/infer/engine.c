@@ -842,10 +842,9 @@ static float top_k_floor(const float *s, int64_t n, int64_t top_k) {
  * candidates while that leaves fewer (a sixth of a prompt's keys, then about 2 top_k); each
  * candidate is then kept when fewer than top_k candidates outrank it (a higher score_rank, or an
  * equal one and an earlier key: a total order, so exactly top_k are kept), counted a vector at a
- * time. No branch depends on a
- * score: a heap over the candidates spent most of its time in mispredicted branches (Zen 4,
- * 512-byte prefill on the integer path: 4,850 -> 5,610 bytes/s without it). `cand`: 3 n + 2 VL
- * ints of scratch. */
+ * time. No branch depends on a score: a heap over the candidates spent most of its time in
+ * mispredicted branches (Zen 4, 512-byte prefill on the integer path: 4,850 -> 5,610 bytes/s
+ * without it). `cand`: 3 n + 2 VL ints of scratch (keys, their scores, their ranks). */
 static void select_top_k(const float *s, int64_t n, int64_t top_k, int32_t *cand, int64_t *keep) {
     typedef uint32_t ranks __attribute__((vector_size(sizeof(vf))));
     typedef int32_t ints __attribute__((vector_size(sizeof(vf))));
@@ -988,7 +987,8 @@ static float *carve(float **at, int64_t floats) {
 static int64_t max_cols(const tl_model *m) { return m->hidden > m->d ? m->hidden : m->d; }
 
 /* Each thread's scratch: a decoded panel of ITEM rows and one decoded row, then one query's
- * attention scores and its candidate keys (int32, one float's room each). */
+ * attention scores and select_top_k's scratch (candidate keys, scores and ranks, one float's room
+ * each). */
 static int64_t per_thread_floats(const tl_model *m) {
     return aligned((ITEM + 1) * max_cols(m)) + 4 * key_stride(m->max_seq) + 2 * VL;
 }
