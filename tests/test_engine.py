@@ -3,6 +3,7 @@ every instruction-set path of the C code, the fallback, and that it runs without
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -280,18 +281,30 @@ def reference_taking(decoder: TorchDecoder, data: bytes, flips: set, monkeypatch
     return logits, table
 
 
+def in_float64(tref: TorchDecoder, data: bytes, monkeypatch) -> np.ndarray:
+    """The PyTorch model's logits for `data` computed in float64: (len(data), V)."""
+    model = copy.deepcopy(tref.model).double()
+    with monkeypatch.context() as patch, torch.inference_mode():
+        patch.setattr(attention.kernel, "applicable", lambda *a: False)  # (the C kernel is float32)
+        return model(torch.tensor([list(data)])).logits[0].numpy()
+
+
 def assert_matches_the_pytorch_path(got: np.ndarray, tref: TorchDecoder, data: bytes, monkeypatch) -> None:
     """The engine's teacher-forced logits `got` (len(data), V) within 1e-4 of the PyTorch path's
-    at every position. Where they part, the first position must hold a float-rounding near-tie
-    at the k-th key (relative gap < NEAR_TIE); the PyTorch path then takes the other side of
-    that tie and must match again (at most 3 such ties)."""
+    at every position, or, where the PyTorch path's own float32 rounding is what strays, of the
+    same model run in float64 (the shipped vanilla chat model has one such position: 1.2e-4
+    from float64 in PyTorch, 1.9e-5 in the engine). Where they part, the first position must
+    hold a float-rounding near-tie at the k-th key (relative gap < NEAR_TIE); the PyTorch path
+    then takes the other side of that tie and must match again (at most 3 such ties)."""
     flips: set[tuple[int, int, int]] = set()
     for _ in range(4):
         want, gaps = reference_taking(tref, data, flips, monkeypatch)
-        off = np.abs(got - want).max(axis=1)  # (len(data),)
-        if off.max() <= 1e-4:
+        off = np.abs(got - want).max(axis=1) > 1e-4  # (len(data),)
+        if off.any() and not flips:
+            off &= np.abs(got - in_float64(tref, data, monkeypatch)).max(axis=1) > 1e-4
+        if not off.any():
             return
-        p = int(np.argmax(off > 1e-4))
+        p = int(np.argmax(off))
         layer, head = np.unravel_index(np.argmin(gaps[:, :, p]), gaps.shape[:2])
         assert gaps[layer, head, p] < NEAR_TIE, f"position {p} is {off[p]:.2g} off, with no near-tie there"
         flips.add((int(layer), int(head), p))

@@ -51,17 +51,21 @@ def commands(runs: Path, data: Path) -> dict[str, list[str]]:
 
 def export_all(exports: dict[str, list[str]], only: str = "", dry_run: bool = False) -> None:
     """Run `tilelli export ARGS --out checkpoints/NAME` for each NAME (or just `only`),
-    replacing what was shipped under that name."""
+    replacing what was shipped under that name. The export goes to NAME.new first and replaces
+    NAME only once it succeeded: a run fine-tuned from the shipped NAME itself (the chat models'
+    stage 3) reads NAME while it is exported, and a failed export leaves what shipped."""
     exe = shutil.which("tilelli", path=str(Path(sys.executable).parent)) or "tilelli"
     for name, extra in exports.items():
         if only and only != name:
             continue
-        out = SHIPPED_DIR / name
-        cmd = [exe, "export", *extra, "--out", str(out), "--threads", "1"]
+        out, new = SHIPPED_DIR / name, SHIPPED_DIR / f"{name}.new"
+        cmd = [exe, "export", *extra, "--out", str(new), "--threads", "1"]
         print(" ".join(cmd), flush=True)
         if not dry_run:
-            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(new, ignore_errors=True)
             subprocess.run(cmd, check=True)
+            shutil.rmtree(out, ignore_errors=True)
+            new.rename(out)
 
 
 def arguments(description: str) -> argparse.Namespace:

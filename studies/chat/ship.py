@@ -1,7 +1,8 @@
 """Export the chat runs of `studies/chat/runs.py` into checkpoints/: the chat models that ship (issue 23).
 
-Each model's stage-2 run (`runs.py --stage 2`), final checkpoint: shipped in session 10
-(records/session10/). (Those of session 8 were the stage-1 runs' final checkpoints, step 300.)
+Each model's stage-3 run (`runs.py --stage 3`: the session-10 chat model continued on the rebuilt
+set), final checkpoint: shipped in session 14 (records/session14/). (Sessions 10-13 shipped the
+stage-2 runs' final checkpoints, records/session10/; session 8 the stage-1 runs'.)
 
 - `tilelli-chat-lite-ternary` (the default of `tilelli chat` and `tilelli serve`): the ternary
   chat run's final checkpoint as packed trits;
@@ -16,11 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from studies.base_models.ship import arguments, export_all
-from studies.chat.runs import SFT2
+from studies.chat.runs import SFT3
 
 
 def final(runs: Path, name: str) -> str:
-    return str(runs / f"{name}-s2" / "checkpoints" / f"step-{SFT2['steps']:07d}")
+    return str(runs / f"{name}-s3" / "checkpoints" / f"step-{SFT3['steps']:07d}")
 
 
 def main() -> None:
