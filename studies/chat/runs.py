@@ -29,7 +29,7 @@ Stage 3 (`--stage 3`, session 14): the shipped chat models (session 10's stage-2
 on a set whose identity questions leaked into small talk) continued for 300 steps on the rebuilt
 set (`tilelli.chat.dataset.identity_turns`), Muon at 2.5e-4 with 20 warm-up steps, cosine to
 2.5e-5, seed 2, validation at steps 150 and 300. Cheaper than retraining both stages (~13 min
-per model on one idle Zen 4 thread against ~50), and it starts from what ships.
+per model on one idle thread of a 2-vCPU Intel Xeon, against ~50), and it starts from what ships.
 
     python -m studies.chat.runs --runs-dir ~/tl/runs/chat --data ~/tl/data/chat [--stage 2|3] [--only ternary]
     python -m studies.chat.runs --dry-run
@@ -54,8 +54,6 @@ SFT2 = {**SFT, "steps": 900, "min_lr": 5e-5, "eval_every": 450}
 SETTING2, SEED2 = ("muon", 5e-4), 1
 SFT3 = {**SFT, "min_lr": 2.5e-5}
 SETTING3, SEED3 = ("muon", 2.5e-4), 2
-CHAT_NAMES = {"chat-lite-fp32": "tilelli-chat-lite-fp32", "chat-vanilla-fp32": "tilelli-chat-vanilla-fp32",
-              "chat-lite-ternary": "tilelli-chat-lite-ternary"}  # run -> the shipped chat model it made
 
 
 def chat_run(name: str, model: str, source: Path) -> Run:
@@ -71,9 +69,9 @@ def stage2(first: Run, runs_dir: Path) -> Run:
 
 
 def stage3(first: Run, shipped: Path) -> Run:
-    """The shipped chat model `first` made, continued (see the module doc)."""
+    """The shipped chat model `first` made (checkpoints/tilelli-NAME), continued (see the module doc)."""
     return Run(f"{first.name}-s3", first.model, *SETTING3, seed=SEED3, protocol=tuple(SFT3.items()),
-               init_from=str(shipped / CHAT_NAMES[first.name]), overrides=first.overrides)
+               init_from=str(shipped / f"tilelli-{first.name}"), overrides=first.overrides)
 
 
 def main() -> None:

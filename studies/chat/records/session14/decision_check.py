@@ -31,15 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
+from studies.chat.evaluate import CONTEXTS, KINDS
+from studies.common import SHARED
 from tilelli.chat import dataset, phrasing
 from tilelli.chat.abstain import conformal_threshold, highest
 from tilelli.chat.detector import Detector
 
 MODEL = "tilelli-chat-lite-ternary"  # (session 10's weights when this ran: git show b730aec:checkpoints/...)
-SHARED = Path(__file__).resolve().parents[5] / "shared" / "data"
 HELD = ("facts", "requests", "small_talk", "other", "conversation")
-KINDS = ["fact", "request", "small_talk", "follow_up", "gibberish", "language", "code", "arithmetic"]
-CONTEXTS = ["single", "after_story", "after_refusal", "after_small_talk"]
 BROAD = {"greeting": ("Hi friend", "Good day", "Hey hey", "Hello again"),
          "how_are_you": ("How's your day?", "Are you doing okay?", "How are things with you?", "All good with you?"),
          "thanks": ("Thank you, friend", "Thanks heaps", "Big thanks", "Thanks again"),
@@ -51,25 +50,18 @@ BROAD = {"greeting": ("Hi friend", "Good day", "Hey hey", "Hello again"),
          "yes_no": ("Okay then", "Yes, please do", "No, thank you", "Sure thing")}
 
 
-def load_model():  # noqa: ANN201 (a torch module)
-    import torch
-
-    from tilelli.model.checkpoint import load
-    from tilelli.model.checkpoint_files import SHIPPED_DIR
-
-    torch.set_num_threads(1)
-    return load(SHIPPED_DIR / MODEL).eval()
-
-
 def hidden(out: Path) -> None:
     """(at the ASSISTANT byte, mean over the user text) of the final hidden state, per reading."""
     import torch
 
     from tilelli.chat.session import conversation_prompt
     from tilelli.chat.template import USER
+    from tilelli.model.checkpoint import load
+    from tilelli.model.checkpoint_files import SHIPPED_DIR
 
+    torch.set_num_threads(1)
     d = pickle.loads((out / "signals.pkl").read_bytes())
-    model, box = load_model(), {}
+    model, box = load(SHIPPED_DIR / MODEL).eval(), {}
     model.norm_f.register_forward_hook(lambda _m, _i, h: box.__setitem__("h", h))
 
     def state(prompt: bytes) -> np.ndarray:
