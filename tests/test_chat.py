@@ -452,6 +452,14 @@ def test_calibration_bounds_each_kind_not_only_their_mix():
         [s.refusal for s in talk], 0.05)
     with pytest.raises(TilelliError, match="'small_talk'"):
         AbstainRule.calibrate(requests + talk[:5], 0.1, {}, kinds=["request"] * 600 + ["small_talk"] * 5)
+    # each kind its own bound: the small talk's threshold moves, the requests' does not
+    own = AbstainRule.calibrate(signals, {"request": 0.1, "small_talk": 0.2}, {}, kinds=kinds)
+    assert own.record["by_kind"]["request"] == {**rule.record["by_kind"]["request"], "alpha": 0.1}
+    assert own.refusal_threshold == conformal_threshold([s.refusal for s in talk], 0.1) < rule.refusal_threshold
+    for mine, bound in ((requests, 0.1), (talk, 0.2)):
+        assert np.mean([own.decide(s).abstain for s in mine]) <= bound
+    with pytest.raises(TilelliError, match="no alpha for the calibration prompts of kind 'small_talk'"):
+        AbstainRule.calibrate(signals, {"request": 0.1}, {}, kinds=kinds)
 
 
 def test_measure_leaves_prompts_without_room_for_the_refusal_unscored(tiny_ckpt):

@@ -66,6 +66,9 @@ def test_generate_reports_full_context(capsysbinary, ckpt):
     (["generate", "--checkpoint", "CKPT", "--prompt", "a", "--max-new-tokens", "-1"], "must be >= 0"),
     (["generate", "--checkpoint", "CKPT", "--prompt", "a", "--temperature", "-1"], "finite number >= 0"),
     (["generate", "--checkpoint", "CKPT", "--prompt", "a", "--top-p", "2"], "top-p"),
+    (["calibrate", "--checkpoint", "CKPT", "--data", "CKPT", "--alpha", "request=0.03,small_talk=5"], "(0, 1)"),
+    (["calibrate", "--checkpoint", "CKPT", "--data", "CKPT", "--alpha", "small"], "'small' is not a number"),
+    (["calibrate", "--checkpoint", "CKPT", "--data", "CKPT", "--alpha", "request=0.1,=0.2"], "KIND=ALPHA pairs"),
 ])
 def test_bad_input_is_one_line_exit_2(capsysbinary, ckpt, args, msg):
     code, _, err = run_cli(capsysbinary, *[str(ckpt) if a == "CKPT" else a for a in args])

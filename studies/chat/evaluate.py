@@ -207,6 +207,13 @@ def pct(r: dict) -> str:
     return f"{100 * r['rate']:.1f} % ({100 * r['ci'][0]:.1f}–{100 * r['ci'][1]:.1f}, n={r['n']})"
 
 
+def alpha_text(alpha: float | dict) -> str:
+    """0.03, or "requests 0.03, small talk 0.05" for a rule calibrated kind by kind."""
+    if not isinstance(alpha, dict):
+        return f"{alpha:g}"
+    return ", ".join(f"{k.replace('_', ' ')}{'s' if k == 'request' else ''} {a:g}" for k, a in alpha.items())
+
+
 def markdown(result: dict) -> str:
     rows = result["models"]
     lines = [f"Held-out prompts, decided and answered as `tilelli chat` does (each checkpoint's calibrated rule; "
@@ -216,7 +223,7 @@ def markdown(result: dict) -> str:
         score = "P(refusal)" if rule is None or rule.get("detector") is None else "detector log-odds"
         how = ("greedy decision (no rule)" if rule is None else
                f"{score} > {rule['refusal_threshold']:.3f} or surprise > {rule['surprise_threshold']:.2f} "
-               f"bits/byte (alpha {rule['alpha']})")
+               f"bits/byte (alpha {alpha_text(rule['alpha'])})")
         lines += [f"**`{r['name']}`** ({r['weights']}; {how})", "",
                   "| kind (should be) | alone | after a story | after a refusal | after small talk | in conversation |",
                   "|---|---:|---:|---:|---:|---:|"]

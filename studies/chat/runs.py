@@ -30,8 +30,10 @@ on a set whose identity questions leaked into small talk) continued for 300 step
 set (`tilelli.chat.dataset.identity_turns`), Muon at 2.5e-4 with 20 warm-up steps, cosine to
 2.5e-5, seed 2, validation at steps 150 and 300. Cheaper than retraining both stages (~13 min
 per model on one idle thread of a 2-vCPU Intel Xeon, against ~50), and it starts from what ships.
+Stage 4 (`--stage 4`, session 15) is stage 3 again from what shipped after it (the stage-3 weights),
+with seed 3: another 0.24 epoch of the same set at the same rates.
 
-    python -m studies.chat.runs --runs-dir ~/tl/runs/chat --data ~/tl/data/chat [--stage 2|3] [--only ternary]
+    python -m studies.chat.runs --runs-dir ~/tl/runs/chat --data ~/tl/data/chat [--stage 2|3|4] [--only ternary]
     python -m studies.chat.runs --dry-run
 
 The three models go side by side (one thread each); with `--stage 2` each model's stage 1 runs
@@ -53,7 +55,7 @@ SETTING = ("muon", 1e-3)
 SFT2 = {**SFT, "steps": 900, "min_lr": 5e-5, "eval_every": 450}
 SETTING2, SEED2 = ("muon", 5e-4), 1
 SFT3 = {**SFT, "min_lr": 2.5e-5}
-SETTING3, SEED3 = ("muon", 2.5e-4), 2
+SETTING3 = ("muon", 2.5e-4)
 
 
 def chat_run(name: str, model: str, source: Path) -> Run:
@@ -68,16 +70,17 @@ def stage2(first: Run, runs_dir: Path) -> Run:
                init_from=str(source), overrides=first.overrides)
 
 
-def stage3(first: Run, shipped: Path) -> Run:
-    """The shipped chat model `first` made (checkpoints/tilelli-NAME), continued (see the module doc)."""
-    return Run(f"{first.name}-s3", first.model, *SETTING3, seed=SEED3, protocol=tuple(SFT3.items()),
+def continuation(first: Run, shipped: Path, stage: int) -> Run:
+    """The shipped chat model `first` made (checkpoints/tilelli-NAME), continued as stage 3 or 4
+    (see the module doc; seed stage - 1: another data order each time)."""
+    return Run(f"{first.name}-s{stage}", first.model, *SETTING3, seed=stage - 1, protocol=tuple(SFT3.items()),
                init_from=str(shipped / f"tilelli-{first.name}"), overrides=first.overrides)
 
 
 def main() -> None:
     parser = launcher_parser(__doc__, "runs/chat", "data/chat", "`tilelli prepare-chat` output")
-    parser.add_argument("--stage", type=int, choices=(1, 2, 3), default=1,
-                        help="2: also the continuation runs; 3: only the continuation of the shipped chat models")
+    parser.add_argument("--stage", type=int, choices=(1, 2, 3, 4), default=1,
+                        help="2: also the continuation runs; 3 or 4: only the continuation of the shipped chat models")
     parser.add_argument("--only", choices=("lite", "vanilla", "ternary"), action="append",
                         help="run only this model (repeatable; default: all three)")
     args = parser.parse_args()
@@ -87,7 +90,8 @@ def main() -> None:
             "ternary": chat_run("chat-lite-ternary", "tilelli-lite-ternary", shipped / "tilelli-lite-ternary")}
 
     def go(run: Run) -> str:
-        stages = {1: (run,), 2: (run, stage2(run, args.runs_dir)), 3: (stage3(run, shipped),)}[args.stage]
+        stages = {1: (run,), 2: (run, stage2(run, args.runs_dir))}.get(args.stage) or (
+            continuation(run, shipped, args.stage),)
         for r in stages:
             line = launch(r, args.runs_dir, args.data, args.threads, args.dry_run)
             print(line, flush=True)

@@ -29,9 +29,12 @@ model would go on with: "... Facts like that are beyond a 10M model." or "... I 
 simple English.") or the text's surprise, read alone, > t_s (the second). Both thresholds are calibrated,
 not tuned on the evaluation: split conformal prediction over the prompts the model *should*
 answer (story requests and small talk in phrasings never trained on, single-turn and as third
-turns; `eval/calibration.jsonl`), each at alpha / 2, for each kind apart (the rule takes the
-highest kind's thresholds). By the union bound a new story request, or a new piece of small
-talk, exchangeable with its kind's is refused with probability at most alpha.
+turns; `eval/calibration.jsonl`), each at alpha / 2, for each kind apart (one alpha for all, or
+each kind's own; the rule takes the highest kind's thresholds). By the union bound a new story
+request, or a new piece of small talk, exchangeable with its kind's is refused with probability
+at most its kind's alpha. (Held-out template families are not exchangeable with the calibration's:
+session 15 measured requests' own threshold refusing 3.2 % of held-out requests alone and 7 % after
+a story at alpha 0.03; the small talk's, higher, is what keeps them at 1-3 %.)
 
 When the rule answers, the answer is decoded under constraints (`answer_sampling`): valid
 UTF-8, and no 12-byte run of a refusal anywhere (nor its first 6 bytes at the start), so an
@@ -181,7 +184,7 @@ class Decision:
 class AbstainRule:
     refusal_threshold: float  # on the refusal score: the detector's log-odds, or P(refusal) without one
     surprise_threshold: float = math.inf  # bits per byte; inf = the refusal alone decides
-    alpha: float | None = None  # the calibration's bound on false refusals, when calibrated
+    alpha: float | dict[str, float] | None = None  # the calibration's bound on false refusals (per kind)
     record: dict[str, Any] = field(default_factory=dict)  # how it was calibrated
     detector: Detector | None = None
 
@@ -211,12 +214,13 @@ class AbstainRule:
         return Decision(False, None, s)
 
     @classmethod
-    def calibrate(cls, signals: Sequence[Signals], alpha: float, record: dict[str, Any],
+    def calibrate(cls, signals: Sequence[Signals], alpha: float | dict[str, float], record: dict[str, Any],
                   detector: Detector | None = None, kinds: Sequence[str] | None = None) -> AbstainRule:
         """Each threshold at alpha / 2 over answerable prompts, kind by kind (`kinds`, one per
         signal; Mondrian conformal prediction), the rule's the highest kind's: every kind's false
-        refusals are <= alpha, not only their mix's. (Pooled, the many requests set the thresholds
-        and the small talk above them was refused 3-10x as often.)"""
+        refusals are <= its alpha (one for all, or {kind: alpha}), not only their mix's. (Pooled,
+        the many requests set the thresholds and the small talk above them was refused 3-10x as
+        often.)"""
         unfitted = cls(0.0, detector=detector)
         kinds = ["answerable"] * len(signals) if kinds is None else list(kinds)
         if len(kinds) != len(signals):
@@ -224,10 +228,14 @@ class AbstainRule:
         by_kind = {}
         for kind in sorted(set(kinds)):
             mine = [s for s, k in zip(signals, kinds, strict=True) if k == kind]
+            if isinstance(alpha, dict) and kind not in alpha:
+                raise TilelliError(f"no alpha for the calibration prompts of kind {kind!r} (alpha is given for "
+                                   f"{', '.join(sorted(alpha))})")
+            a = alpha[kind] if isinstance(alpha, dict) else alpha
             try:
-                by_kind[kind] = {"n": len(mine),
-                                 "refusal": conformal_threshold([unfitted.refusal_score(s) for s in mine], alpha / 2),
-                                 "surprise": conformal_threshold([s.text_surprise for s in mine], alpha / 2)}
+                by_kind[kind] = {"n": len(mine), "alpha": a,
+                                 "refusal": conformal_threshold([unfitted.refusal_score(s) for s in mine], a / 2),
+                                 "surprise": conformal_threshold([s.text_surprise for s in mine], a / 2)}
             except TilelliError as e:
                 raise TilelliError(f"calibration prompts of kind {kind!r}: {e}") from None
         return cls(max(t["refusal"] for t in by_kind.values()), max(t["surprise"] for t in by_kind.values()),

@@ -9,8 +9,8 @@ both scores of the rule (the detector's log-odds and the surprise; tilelli.chat.
 every prompt of `eval/calibration.jsonl` (from `tilelli prepare-chat`: story requests and small
 talk in phrasings never trained on, alone and as third turns; disjoint from the evaluation
 sets), as a session would build it, and stores the split-conformal thresholds for a bound
-`--alpha` on the false refusals of each kind (requests, small talk) as `abstain.json` beside
-the checkpoint. `tilelli chat` and
+`--alpha` on the false refusals of each kind (requests, small talk; one for all or each its own)
+as `abstain.json` beside the checkpoint. `tilelli chat` and
 `tilelli serve` then use it.
 """
 
@@ -29,11 +29,24 @@ from tilelli.commands.options import add_engine_arguments, int_range
 from tilelli.errors import TilelliError
 
 
-def alpha_value(s: str) -> float:
-    v = float(s)
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be in (0, 1)")
-    return v
+def alpha_value(s: str) -> float | dict[str, float]:
+    """One alpha for every kind ("0.05"), or each kind's ("request=0.03,small_talk=0.05")."""
+    def one(v: str) -> float:
+        try:
+            a = float(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{v!r} is not a number") from None
+        if not 0 < a < 1:
+            raise argparse.ArgumentTypeError(f"{a} must be in (0, 1)")
+        return a
+
+    if "=" not in s:
+        return one(s)
+    pairs = [part.partition("=") for part in s.split(",")]
+    if any(not kind.strip() or not eq for kind, eq, _ in pairs):
+        raise argparse.ArgumentTypeError(f"{s!r}: give KIND=ALPHA pairs separated by commas, "
+                                         "e.g. request=0.03,small_talk=0.05")
+    return {kind.strip(): one(v) for kind, _, v in pairs}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--data", type=Path, required=True, metavar="DIR", help="a `tilelli prepare-chat` output (its eval/)")
     add("--alpha", type=alpha_value, default=0.03,
         help="bound on the false-refusal rate of each kind of answerable prompt (story requests, small "
-             "talk); split evenly between the two thresholds (default 0.03)")
+             "talk), split evenly between the two thresholds: one number for every kind (default 0.03), or "
+             "KIND=ALPHA pairs, e.g. request=0.03,small_talk=0.05")
     add("--detector-prompts", type=int_range(0, 100_000), default=3000, metavar="N",
         help="training turns the refusal detector is fitted on (default 3000); 0: no detector, the rule "
              "thresholds the model's probability of the refusal itself")
@@ -97,9 +111,10 @@ def run(args: argparse.Namespace) -> int:
     written = rule.save(out_dir)
     score = "P(refusal)" if detector is None else "the detector's log-odds"
     counts = ", ".join(f"{refused[k]} of {prompts[k]} {k}" for k in kinds)
+    alphas = ", ".join(f"{k} {rule.record['by_kind'][k]['alpha']:g}" for k in kinds)
     print(f"abstain when {score} > {rule.refusal_threshold:.4f} or surprise > {rule.surprise_threshold:.3f} "
-          f"bits/byte (alpha {args.alpha} for each kind, {args.alpha / 2:g} per threshold; calibration prompts "
-          f"refused: {counts}) -> {written}")
+          f"bits/byte (alpha {alphas}, half of it per threshold; calibration prompts refused: {counts}) "
+          f"-> {written}")
     return 0
 
 
