@@ -559,6 +559,9 @@ def test_calibrate_writes_the_rule_that_chat_then_uses(tiny_ckpt, chat_set, tmp_
                    "--detector-prompts", "0")
     assert done.returncode == 0, done.stderr
     plain = AbstainRule.load(ckpt)
+    for wrong in ("request=0.4", "request=0.4,small_talk=0.4,fact=0.1"):  # refused before any fitting
+        done = run_cli("calibrate", "--checkpoint", str(ckpt), "--data", str(chat_set), "--alpha", wrong)
+        assert done.returncode == 2 and "give one alpha for each" in done.stderr and "Traceback" not in done.stderr
     assert plain == AbstainRule.calibrate(measure(decoder, prompts), 0.4, plain.record, kinds=kinds)
     assert plain.detector is None and set(plain.record["by_kind"]) == set(kinds)
     ask = ("chat", "--checkpoint", str(ckpt), "--prompt", "hi", "--json", "--max-new-tokens", "8", "--temperature", "0")

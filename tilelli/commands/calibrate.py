@@ -89,6 +89,11 @@ def run(args: argparse.Namespace) -> int:
         raise TilelliError(f"{train} does not exist; the detector is fitted on the chat set's training turns "
                            "(or pass --detector-prompts 0)")
     rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if isinstance(args.alpha, dict):  # checked before the minutes of fitting, not after
+        have = sorted({r.get("kind", "request") for r in rows})
+        if sorted(args.alpha) != have:
+            raise TilelliError(f"--alpha names the kinds {', '.join(sorted(args.alpha))}; {source.name} has "
+                               f"{', '.join(have)}: give one alpha for each (or one number for all)")
 
     from tilelli.chat.abstain import AbstainRule
     from tilelli.infer import load_decoder
